@@ -1,0 +1,258 @@
+"""Distributed GEMM on an R x C mesh: MeshGEMM (interleaved Cannon), Cannon, SUMMA, dist-GEMM-T.
+
+All take global A[M, K], B[K, N] (arrays or jax.ShapeDtypeStruct for shape-only costing) and
+return (C[M, N] or a ShapeDtypeStruct, trace) where trace lists per-step tile snapshots if asked.
+
+Non-square meshes follow the paper's logical lcm(R, C) partition: K is cut into L = lcm(R, C)
+blocks; each core holds L/C blocks of its A row-slab and L/R of its B column-slab as a stack,
+and one block per stack moves per step, so every core still does one block product per step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from waferllm.machine import layout, local, noc, shard
+from waferllm.machine.mesh import Array, Mesh, is_abstract
+from waferllm.machine.rings import ring_pos
+
+GEMM_ALGOS = ("meshgemm", "summa", "cannon")
+
+
+def gemm(mesh: Mesh, a, b, algo: str = "meshgemm", *, trace: list | None = None) -> Array:
+    """A[M_y, K_x] @ B[K_y, N_x] -> C[M_y, N_x] with the named algorithm (meshgemm | cannon | summa)."""
+    if algo not in GEMM_ALGOS:
+        raise ValueError(f"unknown GEMM algorithm {algo!r}; known: {', '.join(GEMM_ALGOS)}")
+    with mesh.phase(algo):
+        return summa(mesh, a, b, trace) if algo == "summa" else _cannon(mesh, a, b, algo, trace)
+
+
+# --- Cannon family -----------------------------------------------------------
+def _ring_positions(mesh: Mesh, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(pos_y[row], pos_x[col]): ring position of every core (identity for the wrap ring)."""
+    if kind == "interleaved":
+        return ring_pos(mesh.rows), ring_pos(mesh.cols)
+    return np.arange(mesh.rows), np.arange(mesh.cols)
+
+
+def _place_cannon(mesh: Mesh, a, b, kind: str, host_skew_b: bool):
+    """A stacks [R, C, sA, mb, kb] in ring order; B stacks [R, C, sB, kb, nb], pre-skewed on host if asked."""
+    R, C = mesh.shape
+    L = math.lcm(R, C)
+    sA, sB = L // C, L // R
+    order = "ring" if kind == "interleaved" else "natural"
+    at = layout.scatter(mesh, a, stack=sA, row_order=order, col_order=order)
+    if at.ndim == 4:
+        at = at[:, :, None] if not is_abstract(at) else jax.ShapeDtypeStruct(at.shape[:2] + (1,) + at.shape[2:], at.dtype)
+    K, N = b.shape
+    kb, nb = layout.blocks(K, L), layout.blocks(N, C)
+    if is_abstract(b):
+        return at, jax.ShapeDtypeStruct((R, C, sB, kb, nb), b.dtype)
+    pos_y, pos_x = _ring_positions(mesh, kind)
+    bb = layout.pad_to(b, (L * kb, C * nb)).reshape(L, kb, C, nb)
+    r = pos_y[:, None] * sB + np.arange(sB)[None, :]  # [R, sB] Y-ring position of each stack slot
+    skew = (pos_x * sA) if host_skew_b else np.zeros(C, np.int64)
+    kidx = (r[:, None, :] + skew[None, :, None]) % L  # [R, C, sB] k-block held
+    bt = bb[kidx, :, pos_x[None, :, None], :]  # [R, C, sB, kb, nb]
+    return at, shard.place(bt.astype(b.dtype), mesh.devices)
+
+
+def _stack_shift(mesh: Mesh, x: Array, axis: str, kind: str, direction: int, mask=None) -> Array:
+    """Move a ring of stacked blocks one position: each core passes one end block to its ring neighbour."""
+    s = x.shape[2]
+    out_end = local.take_slot(x, 0 if direction < 0 else s - 1)
+    if mask is None:
+        got = noc.shift(mesh, out_end, axis, kind, direction)
+    else:
+        got = noc.shift_rows_masked(mesh, out_end, axis, mask, kind, direction)
+    new = local.push_slot(x, got, front=direction > 0)
+    if mask is None or is_abstract(x):
+        return new
+    m = np.asarray(mask, bool)
+    m = (m[:, None] if axis == "x" else m[None, :]).reshape((mesh.rows if axis == "x" else 1,
+                                                             mesh.cols if axis == "y" else 1) + (1,) * (x.ndim - 2))
+    return jnp.where(jnp.asarray(m), new, x)
+
+
+def _align(mesh: Mesh, x: Array, axis: str, kind: str, need: np.ndarray, shortest: bool, trace, name):
+    """Rotate each line of `axis` backward by need[line] ring positions (or forward, if shorter)."""
+    n_pos = x.shape[2] * mesh.size(axis)
+    back = need if not shortest else np.where(need <= n_pos - need, need, 0)
+    fwd = np.zeros_like(need) if not shortest else np.where(need <= n_pos - need, 0, n_pos - need)
+    steps = int(max(back.max(initial=0), fwd.max(initial=0)))
+    with mesh.phase("align"):
+        for t in range(steps):
+            with mesh.step():
+                if (back > t).any():
+                    x = _stack_shift(mesh, x, axis, kind, -1, mask=back > t)
+                if (fwd > t).any():
+                    x = _stack_shift(mesh, x, axis, kind, +1, mask=fwd > t)
+            _snap(trace, f"{name}-align-{t}", x)
+    return x
+
+
+def _cannon(mesh: Mesh, a, b, algo: str, trace) -> Array:
+    """Compute-shift GEMM. meshgemm: interleaved rings (<= 2 hops), B pre-skewed on the host, A aligned on
+    device the shorter way; cannon: rings with the wrap-around edge, both operands aligned on device."""
+    kind = "interleaved" if algo == "meshgemm" else "wrap"
+    R, C = mesh.shape
+    L = math.lcm(R, C)
+    sA, sB = L // C, L // R
+    M, N = a.shape[0], b.shape[1]
+    at, bt = _place_cannon(mesh, a, b, kind, host_skew_b=(algo == "meshgemm"))
+    mb, kb, nb = at.shape[3], at.shape[4], bt.shape[4]
+    pos_y, pos_x = _ring_positions(mesh, kind)
+    abstract = is_abstract(at)
+    acc_dt = jnp.float32 if np.dtype(at.dtype) == np.float32 else at.dtype
+    ct = local.zeros(mesh, (mb, nb), acc_dt, abstract)
+    with mesh.hold(a=at, b=bt, c=ct, a_buf=mb * kb * _isz(at), b_buf=kb * nb * _isz(bt)), \
+            mesh.routes(f"{kind} ring x", 2), mesh.routes(f"{kind} ring y", 2):
+        _snap(trace, "placed-a", at), _snap(trace, "placed-b", bt)
+        at = _align(mesh, at, "x", kind, pos_y * sB, algo == "meshgemm", trace, "a")
+        if algo == "cannon":  # textbook Cannon also skews B on the device: column x up by pos_x * sA
+            bt = _align(mesh, bt, "y", kind, pos_x * sA, False, trace, "b")
+        with mesh.phase("compute-shift"):
+            for t in range(L):
+                with mesh.step():
+                    ct = local.matmul(mesh, local.take_slot(at, 0), local.take_slot(bt, 0), ct)
+                    at = _stack_shift(mesh, at, "x", kind, -1)
+                    bt = _stack_shift(mesh, bt, "y", kind, -1)
+                _snap(trace, f"step-{t}", ct)
+    if abstract:
+        return jax.ShapeDtypeStruct((M, N), ct.dtype)
+    order = "ring" if kind == "interleaved" else "natural"
+    return layout.gather(mesh, ct, (M, N), row_order=order, col_order=order)
+
+
+# --- SUMMA -------------------------------------------------------------------
+def summa(mesh: Mesh, a, b, trace=None) -> Array:
+    """SUMMA: for each of L k-panels, multicast A's panel along rows and B's along columns, then multiply.
+
+    The multicast root moves every step, so the route is re-pointed (one relay) and a broadcast cannot
+    overlap the multiply that consumes it: each step costs broadcast + compute.
+    """
+    R, C = mesh.shape
+    L = math.lcm(R, C)
+    sA, sB = L // C, L // R
+    M, N = a.shape[0], b.shape[1]
+    at = _as_stack(layout.scatter(mesh, a, stack=sA))  # [R, C, sA, mb, kb]: column x holds k-panels x*sA..
+    bt = _place_summa_b(mesh, b, sB)  # [R, C, sB, kb, nb]: row y holds k-panels y*sB..
+    mb, kb, nb = at.shape[3], at.shape[4], bt.shape[4]
+    abstract = is_abstract(at)
+    ct = local.zeros(mesh, (mb, nb), jnp.float32 if np.dtype(at.dtype) == np.float32 else at.dtype, abstract)
+    with mesh.hold(a=at, b=bt, c=ct, a_panel=mb * kb * _isz(at), b_panel=kb * nb * _isz(bt)), \
+            mesh.routes("multicast x", 2), mesh.routes("multicast y", 2), mesh.phase("panel-step"):
+        for k in range(L):
+            with mesh.step(overlap=False):
+                pa = noc.broadcast(mesh, local.take_slot(at, k % sA), "x", k // sA, switch=True)
+                pb = noc.broadcast(mesh, local.take_slot(bt, k % sB), "y", k // sB, switch=True)
+                ct = local.matmul(mesh, pa, pb, ct)
+            _snap(trace, f"step-{k}", ct)
+    return jax.ShapeDtypeStruct((M, N), ct.dtype) if abstract else layout.gather(mesh, ct, (M, N))
+
+
+def _place_summa_b(mesh: Mesh, b, sB: int) -> Array:
+    R, C = mesh.shape
+    K, N = b.shape
+    L = math.lcm(R, C)
+    kb, nb = layout.blocks(K, L), layout.blocks(N, C)
+    if is_abstract(b):
+        return jax.ShapeDtypeStruct((R, C, sB, kb, nb), b.dtype)
+    bb = layout.pad_to(b, (L * kb, C * nb)).reshape(R, sB, kb, C, nb).transpose(0, 3, 1, 2, 4)
+    return shard.place(bb.astype(b.dtype), mesh.devices)
+
+
+def _as_stack(t: Array) -> Array:
+    if t.ndim == 5:
+        return t
+    if is_abstract(t):
+        return jax.ShapeDtypeStruct(t.shape[:2] + (1,) + t.shape[2:], t.dtype)
+    return t[:, :, None]
+
+
+def _isz(x: Array) -> int:
+    return np.dtype(x.dtype).itemsize
+
+
+def _snap(trace, name, x) -> None:
+    if trace is not None and not is_abstract(x):
+        trace.append((name, np.asarray(x)))
+
+
+# --- dist-GEMM-T ---------------------------------------------------------------
+def gemm_t(mesh: Mesh, a, b, *, trace: list | None = None) -> Array:
+    """C = A B^T without transposing B: A[M_y, K_x], B[N_y, K_x] -> C[M_y, N_x].
+
+    N is cut into L = lcm(R, C) blocks: core row at Y-ring position p holds B blocks p*L/R .. as a stack
+    that rotates one block per step; each core multiplies its A tile by the active B block (transposed
+    access, no data transpose) and the row reduces the partial to the column owning that C block, in a
+    pipelined chain (a relay adds each element) overlapped with the next step.
+    """
+    R, C = mesh.shape
+    L = math.lcm(R, C)
+    sB, sC = L // R, L // C
+    M, K = a.shape
+    N = b.shape[0]
+    with mesh.phase("gemm_t"):
+        at = layout.scatter(mesh, a, row_order="ring", col_order="ring")  # [R, C, mb, kb]
+        bt = _place_gemm_t_b(mesh, b, sB)  # [R, C, sB, nb, kb]
+        mb, kb, nb = at.shape[2], at.shape[3], bt.shape[3]
+        abstract = is_abstract(at)
+        ct = local.zeros(mesh, (sC, mb, nb), jnp.float32 if np.dtype(at.dtype) == np.float32 else at.dtype, abstract)
+        pos_y, pos_x = ring_pos(R), ring_pos(C)
+        eb = _isz(at)
+        with mesh.hold(a=at, b=bt, c=ct, b_buf=nb * kb * eb, partial=mb * nb * 4), \
+                mesh.routes("interleaved ring y", 2), mesh.routes("reduce chain x", 2):
+            for t in range(L):
+                with mesh.phase("compute-shift-reduce"), mesh.step():
+                    part = local.matmul(mesh, at, local.take_slot(bt, 0), trans_b=True)  # [R, C, mb, nb]
+                    relay = mesh.spec.relay_cycles_per_element * mb * nb if C > 1 else 0.0
+                    mesh.charge_comm(relay)
+                    ct = _reduce_into_owner(mesh, ct, part, (pos_y * sB + t) % L, sC, pos_x)
+                    bt = _stack_shift(mesh, bt, "y", "interleaved", -1)
+                _snap(trace, f"step-{t}", ct)
+            with mesh.phase("drain"):  # the last partial still has to cross the row
+                mesh.charge_comm(noc.chain_cycles(mesh, mb * nb, 4, C - 1, C - 1) if C > 1 else 0.0,
+                                 hops=C - 1, stages=C - 1)
+    if abstract:
+        return jax.ShapeDtypeStruct((M, N), ct.dtype)
+    return _gather_stacked_c(mesh, ct, M, N)
+
+
+def _place_gemm_t_b(mesh: Mesh, b, sB: int) -> Array:
+    """B[N, K]: N cut into L blocks (ring-position stacks along Y), K cut over X in ring order."""
+    R, C = mesh.shape
+    L = math.lcm(R, C)
+    N, K = b.shape
+    nb, kb = layout.blocks(N, L), layout.blocks(K, C)
+    if is_abstract(b):
+        return jax.ShapeDtypeStruct((R, C, sB, nb, kb), b.dtype)
+    pos_y, pos_x = ring_pos(R), ring_pos(C)
+    bb = layout.pad_to(b, (L * nb, C * kb)).reshape(L, nb, C, kb)
+    nidx = pos_y[:, None] * sB + np.arange(sB)[None, :]  # [R, sB]
+    bt = bb[nidx[:, None, :], :, pos_x[None, :, None], :]  # [R, C, sB, nb, kb]
+    return shard.place(bt, mesh.devices)
+
+
+def _reduce_into_owner(mesh: Mesh, ct, part, n_of_row, sC: int, pos_x):
+    """Sum the row's partials (chain along X) into the owner column's stack slot for block n_of_row[y]."""
+    if is_abstract(part):
+        return ct
+    total = noc._chain(jnp.moveaxis(part, 1, 0), "sum")  # [R, mb, nb], summed along the row
+    owner = (pos_x[None, :] == (n_of_row // sC)[:, None])  # [R, C]
+    slot = (np.arange(sC)[None, :] == (n_of_row % sC)[:, None])  # [R, sC]
+    mask = jnp.asarray((owner[:, :, None] & slot[:, None, :])[..., None, None])
+    return ct + jnp.where(mask, total[:, None, None].astype(ct.dtype), 0)
+
+
+def _gather_stacked_c(mesh: Mesh, ct, M: int, N: int):
+    """C stacks [R, C, sC, mb, nb] (ring order on both axes) -> C[M, N]."""
+    R, C = mesh.shape
+    sC, mb, nb = ct.shape[2:]
+    t = jnp.take(ct, jnp.asarray(layout.core_of_block(R, "ring")), axis=0)
+    t = jnp.take(t, jnp.asarray(layout.core_of_block(C, "ring")), axis=1)
+    return t.transpose(0, 3, 1, 2, 4).reshape(R * mb, C * sC * nb)[:M, :N]

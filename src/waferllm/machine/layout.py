@@ -1,0 +1,96 @@
+"""Host <-> mesh: cut global arrays into per-core tiles [R, C, ...] and put them back.
+
+order='ring' places block b on the core whose interleaved-ring position is b (Cannon-family
+operands); order='natural' places block b on core b.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from waferllm.machine import shard
+from waferllm.machine.mesh import Array, Mesh, is_abstract
+from waferllm.machine.rings import interleave_order, ring_pos
+
+
+def blocks(n: int, parts: int) -> int:
+    """Block size when n is cut into `parts` (the last blocks are padded)."""
+    return max(1, math.ceil(n / parts))
+
+
+def core_of_block(parts: int, order: str) -> np.ndarray:
+    """core_of_block[b] = physical index of the core holding block b."""
+    return np.array(interleave_order(parts)) if order == "ring" else np.arange(parts)
+
+
+def block_of_core(parts: int, order: str) -> np.ndarray:
+    """block_of_core[i] = which block physical core i holds."""
+    return ring_pos(parts) if order == "ring" else np.arange(parts)
+
+
+def pad_to(a, shape):
+    """Zero-pad a 2D array up to shape."""
+    pads = [(0, t - s) for s, t in zip(a.shape, shape)]
+    return jnp.pad(jnp.asarray(a), pads)
+
+
+def scatter(mesh: Mesh, a, *, stack: int = 1, row_order: str = "natural", col_order: str = "natural",
+            dtype=None) -> Array:
+    """A[Mg, Ng] -> tiles [R, C, mb, nb] (stack=1) or [R, C, s, mb, nb/s]: rows over Y, columns over X.
+
+    With stack=s the columns are cut into C*s blocks and core x holds blocks x*s .. x*s+s-1 (in the
+    chosen order of cores); shape-only inputs give shape-only tiles.
+    """
+    R, C = mesh.shape
+    M, N = a.shape
+    mb, kb = blocks(M, R), blocks(N, C * stack)
+    dt = np.dtype(dtype or a.dtype)
+    shape = (R, C, mb, kb) if stack == 1 else (R, C, stack, mb, kb)
+    if is_abstract(a):
+        return jax.ShapeDtypeStruct(shape, dt)
+    t = pad_to(a, (R * mb, C * stack * kb)).astype(dt)
+    t = t.reshape(R, mb, C, stack, kb).transpose(0, 2, 3, 1, 4)  # [R(block), C(block), s, mb, kb]
+    t = jnp.take(t, jnp.asarray(block_of_core(R, row_order)), axis=0)
+    t = jnp.take(t, jnp.asarray(block_of_core(C, col_order)), axis=1)
+    t = t if stack > 1 else t[:, :, 0]
+    return shard.place(t, mesh.devices)
+
+
+def gather(mesh: Mesh, t: jax.Array, shape: tuple[int, int], *, row_order: str = "natural",
+           col_order: str = "natural") -> jax.Array:
+    """Inverse of scatter: tiles [R, C, (s,) mb, nb] -> A[shape] (padding dropped)."""
+    R, C = mesh.shape
+    if t.ndim == 4:
+        t = t[:, :, None]
+    s, mb, kb = t.shape[2:]
+    t = jnp.take(t, jnp.asarray(core_of_block(R, row_order)), axis=0)
+    t = jnp.take(t, jnp.asarray(core_of_block(C, col_order)), axis=1)
+    full = t.transpose(0, 3, 1, 2, 4).reshape(R * mb, C * s * kb)
+    return full[: shape[0], : shape[1]]
+
+
+def scatter_vector(mesh: Mesh, v, axis: str, *, order: str = "natural", dtype=None) -> Array:
+    """v[N] -> tiles [R, C, nb]: split along `axis` ('x' or 'y'), replicated along the other axis."""
+    R, C = mesh.shape
+    n = v.shape[0]
+    parts = C if axis == "x" else R
+    nb = blocks(n, parts)
+    dt = np.dtype(dtype or v.dtype)
+    if is_abstract(v):
+        return jax.ShapeDtypeStruct((R, C, nb), dt)
+    t = jnp.pad(jnp.asarray(v), (0, parts * nb - n)).astype(dt).reshape(parts, nb)
+    t = jnp.take(t, jnp.asarray(block_of_core(parts, order)), axis=0)
+    t = jnp.broadcast_to(t[None] if axis == "x" else t[:, None], (R, C, nb))
+    return shard.place(t, mesh.devices)
+
+
+def gather_vector(mesh: Mesh, t: jax.Array, n: int, axis: str, *, order: str = "natural") -> jax.Array:
+    """Inverse of scatter_vector (reads line 0 of the replicated axis)."""
+    parts = mesh.cols if axis == "x" else mesh.rows
+    line = t[0] if axis == "x" else t[:, 0]
+    line = jnp.take(line, jnp.asarray(core_of_block(parts, order)), axis=0)
+    return line.reshape(-1)[:n]

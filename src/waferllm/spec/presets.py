@@ -1,0 +1,162 @@
+"""Device presets (wse2, wse3) from ../shared/reference/calibration.json, and custom device files."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+from waferllm.spec.device import DeviceSpec, SpecError, field_names, unknown_field_message
+
+CAL = "calibration.json"
+FIT = "fitted by `waferllm calibrate` (perf/calibrate.py)"
+
+# Fitted constants: the numbers below are the output of `waferllm calibrate --write`, which fits them
+# to the figures named in each source string and to nothing else.
+_WSE2_FITTED = dict(
+    alpha_cycles_per_hop=1.0,
+    beta_cycles_per_relay=7.36,
+    relay_cycles_per_element=2.6,
+    message_overhead_cycles=0.0,
+    step_overhead_cycles=100.0,
+    collective_overhead_cycles=0.0,
+    vector_op_overhead_cycles=0.0,
+)
+
+_WSE2 = dict(
+    name="wse2",
+    width_cores=750,
+    height_cores=994,
+    clock_hz=1.1e9,
+    sram_bytes_per_core=49152,
+    link_bits_per_cycle=32,
+    fp32_macs_per_cycle=1.0,
+    fp16_macs_per_cycle=2.0,
+    routes_per_core=32,
+    power_w=15000.0,
+    **_WSE2_FITTED,
+)
+
+_WSE2_SOURCES = {
+    "width_cores": f"artifact: fabric 757 x 996 less the memcpy frame (7 columns, 2 rows) ({CAL})",
+    "height_cores": f"artifact: fabric 757 x 996 less the memcpy frame (7 columns, 2 rows) ({CAL})",
+    "clock_hz": f"paper: compute engine at up to 1.1 GHz; artifact converts cycles at 1.1 GHz ({CAL})",
+    "sram_bytes_per_core": f"paper: 48 KB per core ({CAL})",
+    "link_bits_per_cycle": f"paper: 32-bit message to a neighbour per cycle ({CAL})",
+    "fp32_macs_per_cycle": f"paper: one MAC per cycle on 32-bit operands ({CAL})",
+    "fp16_macs_per_cycle": "fitted: 2 (packed halves); 1 makes the GEMV 32K allreduce cheaper than the 16K one "
+                           f"(impossible), 4 needs 22 cycles per reduced element ({CAL} gemv_16k, gemv_32k)",
+    "routes_per_core": f"paper: 5-bit route address, 32 routes per core ({CAL})",
+    "power_w": f"derived: 37.5 x A100 (400 W), the ratio behind the paper's energy tables ({CAL})",
+    "alpha_cycles_per_hop": "assumed: one hop per cycle on a configured route (fabric forwards a wavelet a cycle)",
+    "beta_cycles_per_relay": f"{FIT} to {CAL} gemv_16k, gemv_32k at 720x720",
+    "relay_cycles_per_element": f"{FIT} to {CAL} gemv_16k, gemv_32k at 720x720",
+    "message_overhead_cycles": f"{FIT}; not identifiable from {CAL}, held at 0",
+    "step_overhead_cycles": f"{FIT} to {CAL} prefill_llama3_8b_*",
+    "collective_overhead_cycles": f"{FIT} to {CAL} decode_llama3_8b_*",
+    "vector_op_overhead_cycles": f"{FIT} to {CAL} prefill_llama3_8b_*",
+}
+
+_WSE3 = dict(
+    _WSE2,
+    name="wse3",
+    width_cores=755,
+    height_cores=1170,
+    power_w=23000.0,
+)
+
+_WSE3_SOURCES = dict(
+    _WSE2_SOURCES,
+    width_cores=f"artifact: fabric 762 x 1172 (cslc --arch=wse3) less a memcpy frame as on WSE-2 ({CAL})",
+    height_cores=f"artifact: fabric 762 x 1172 (cslc --arch=wse3) less a memcpy frame as on WSE-2 ({CAL})",
+    clock_hz=f"artifact timing scripts assume 1.1 GHz (not vendor-confirmed) ({CAL})",
+    sram_bytes_per_core=f"artifact assumes 48 KiB per core; 44 GB / 900,000 cores ({CAL})",
+    power_w=f"secondary sources only, an estimate ({CAL})",
+    fp16_macs_per_cycle="assumed equal to wse2 (no per-core figure published; fitted on wse2)",
+    **{k: "assumed equal to wse2 (" + v + ")" for k, v in _WSE2_SOURCES.items()
+       if k.endswith("_cycles") or k.endswith("_per_hop") or k.endswith("_per_relay") or k.endswith("_element")},
+)
+
+PRESETS: Mapping[str, DeviceSpec] = {
+    "wse2": DeviceSpec(**_WSE2, sources=_WSE2_SOURCES),
+    "wse3": DeviceSpec(**_WSE3, sources=_WSE3_SOURCES),
+}
+
+
+def device_names() -> list[str]:
+    return sorted(PRESETS)
+
+
+def get_device(name: str) -> DeviceSpec:
+    """A preset by name; unknown names raise SpecError listing the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise SpecError(f"unknown device {name!r}; known devices: {', '.join(device_names())} "
+                        "(or a path to a .json/.toml device file)") from None
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """['field=value', ...] -> {field: typed value}; value typed like the field."""
+    out: dict[str, Any] = {}
+    ints = {"width_cores", "height_cores", "sram_bytes_per_core", "link_bits_per_cycle", "routes_per_core"}
+    for item in items or []:
+        if "=" not in item:
+            raise SpecError(f"bad override {item!r}; expected FIELD=VALUE, e.g. sram_bytes_per_core=1048576")
+        k, v = item.split("=", 1)
+        k = k.strip()
+        if k not in field_names() or k == "sources":
+            raise SpecError(unknown_field_message(k))
+        try:
+            out[k] = v if k == "name" else (int(float(v)) if k in ints and float(v).is_integer() else float(v))
+        except ValueError:
+            raise SpecError(f"bad value for {k}: {v!r} is not a number") from None
+    return out
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SpecError(f"cannot read device file {str(path)!r}: {e.strerror}") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        raise SpecError(f"device file {str(path)!r} is not valid {path.suffix[1:] or 'json'}: {e}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"device file {str(path)!r} must hold an object of device fields")
+    return data
+
+
+def spec_from_dict(data: Mapping[str, Any], origin: str) -> DeviceSpec:
+    """Build a spec from a dict with optional 'base' preset; every non-base field is required."""
+    data = dict(data)
+    base_name = data.pop("base", None)
+    sources = data.pop("sources", {}) or {}
+    for k in list(data) + list(sources):
+        if k not in field_names() or k == "sources":
+            raise SpecError(f"{origin}: " + unknown_field_message(k))
+    if base_name is not None:
+        base = get_device(base_name)
+        data.setdefault("name", f"{base_name}-custom")
+        srcs = {k: sources.get(k, f"{origin}") for k in data if k != "name"}
+        srcs.update({k: v for k, v in sources.items()})
+        return base.replace(**data, sources=srcs)
+    missing = [f for f in field_names() if f not in data and f != "sources"]
+    if missing:
+        raise SpecError(f"{origin}: missing device fields {', '.join(missing)} (or give \"base\": \"wse2\")")
+    sources = {**{k: origin for k in data if k != "name"}, **sources}
+    return DeviceSpec(**data, sources=sources)
+
+
+def load_device(name_or_path: str, overrides: list[str] | dict[str, Any] | None = None) -> DeviceSpec:
+    """A preset name or a .json/.toml device file, then FIELD=VALUE overrides."""
+    if name_or_path in PRESETS:
+        spec = PRESETS[name_or_path]
+    elif name_or_path.endswith((".json", ".toml")) or Path(name_or_path).exists():
+        spec = spec_from_dict(_read_file(Path(name_or_path)), f"device file {name_or_path}")
+    else:
+        spec = get_device(name_or_path)
+    ov = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    return spec.replace(**ov) if ov else spec
