@@ -85,7 +85,7 @@ def _align(mesh: Mesh, x: Array, axis: str, kind: str, need: np.ndarray, shortes
     fwd = np.zeros_like(need) if not shortest else np.where(need <= n_pos - need, 0, n_pos - need)
     steps = int(max(back.max(initial=0), fwd.max(initial=0)))
     with mesh.phase("align"):
-        for t in range(steps):
+        for t in mesh.repeat(steps, is_abstract(x)):  # every alignment step moves one block: same cost
             with mesh.step():
                 if (back > t).any():
                     x = _stack_shift(mesh, x, axis, kind, -1, mask=back > t)
@@ -116,7 +116,7 @@ def _cannon(mesh: Mesh, a, b, algo: str, trace) -> Array:
         if algo == "cannon":  # textbook Cannon also skews B on the device: column x up by pos_x * sA
             bt = _align(mesh, bt, "y", kind, pos_x * sA, False, trace, "b")
         with mesh.phase("compute-shift"):
-            for t in range(L):
+            for t in mesh.repeat(L, abstract):
                 with mesh.step():
                     ct = local.matmul(mesh, local.take_slot(at, 0), local.take_slot(bt, 0), ct)
                     at = _stack_shift(mesh, at, "x", kind, -1)
@@ -130,40 +130,55 @@ def _cannon(mesh: Mesh, a, b, algo: str, trace) -> Array:
 
 # --- SUMMA -------------------------------------------------------------------
 def summa(mesh: Mesh, a, b, trace=None) -> Array:
-    """SUMMA: for each of L k-panels, multicast A's panel along rows and B's along columns, then multiply.
+    """SUMMA: K is cut into P = max(R, C) panels; for each, multicast A's panel along rows from the
+    column owning it and B's panel along columns from the row owning it, then multiply.
 
     The multicast root moves every step, so the route is re-pointed (one relay) and a broadcast cannot
     overlap the multiply that consumes it: each step costs broadcast + compute.
     """
     R, C = mesh.shape
-    L = math.lcm(R, C)
-    sA, sB = L // C, L // R
+    P = max(R, C)
     M, N = a.shape[0], b.shape[1]
-    at = _as_stack(layout.scatter(mesh, a, stack=sA))  # [R, C, sA, mb, kb]: column x holds k-panels x*sA..
-    bt = _place_summa_b(mesh, b, sB)  # [R, C, sB, kb, nb]: row y holds k-panels y*sB..
+    own_x, own_y = np.arange(P) * C // P, np.arange(P) * R // P  # owner column / row of panel k
+    slot_x, slot_y = np.arange(P) - np.searchsorted(own_x, own_x), np.arange(P) - np.searchsorted(own_y, own_y)
+    at = _place_panels(mesh, a, P, own_x, slot_x, along="x")  # [R, C, sA, mb, kb]
+    bt = _place_panels(mesh, b, P, own_y, slot_y, along="y")  # [R, C, sB, kb, nb]
     mb, kb, nb = at.shape[3], at.shape[4], bt.shape[4]
     abstract = is_abstract(at)
     ct = local.zeros(mesh, (mb, nb), jnp.float32 if np.dtype(at.dtype) == np.float32 else at.dtype, abstract)
     with mesh.hold(a=at, b=bt, c=ct, a_panel=mb * kb * _isz(at), b_panel=kb * nb * _isz(bt)), \
             mesh.routes("multicast x", 2), mesh.routes("multicast y", 2), mesh.phase("panel-step"):
-        for k in range(L):
+        for k in range(P):
             with mesh.step(overlap=False):
-                pa = noc.broadcast(mesh, local.take_slot(at, k % sA), "x", k // sA, switch=True)
-                pb = noc.broadcast(mesh, local.take_slot(bt, k % sB), "y", k // sB, switch=True)
+                pa = noc.broadcast(mesh, local.take_slot(at, int(slot_x[k])), "x", int(own_x[k]), switch=True)
+                pb = noc.broadcast(mesh, local.take_slot(bt, int(slot_y[k])), "y", int(own_y[k]), switch=True)
                 ct = local.matmul(mesh, pa, pb, ct)
             _snap(trace, f"step-{k}", ct)
     return jax.ShapeDtypeStruct((M, N), ct.dtype) if abstract else layout.gather(mesh, ct, (M, N))
 
 
-def _place_summa_b(mesh: Mesh, b, sB: int) -> Array:
+def _place_panels(mesh: Mesh, x, P: int, owner: np.ndarray, slot: np.ndarray, along: str) -> Array:
+    """Cut the contracted axis into P panels; panel k sits in slot[k] of the line owner[k] along `along`."""
     R, C = mesh.shape
-    K, N = b.shape
-    L = math.lcm(R, C)
-    kb, nb = layout.blocks(K, L), layout.blocks(N, C)
-    if is_abstract(b):
-        return jax.ShapeDtypeStruct((R, C, sB, kb, nb), b.dtype)
-    bb = layout.pad_to(b, (L * kb, C * nb)).reshape(R, sB, kb, C, nb).transpose(0, 3, 1, 2, 4)
-    return shard.place(bb.astype(b.dtype), mesh.devices)
+    s = int(slot.max()) + 1
+    if along == "x":  # A[M, K]: K panels over columns
+        M, K = x.shape
+        mb, kb = layout.blocks(M, R), layout.blocks(K, P)
+        shape = (R, C, s, mb, kb)
+    else:  # B[K, N]: K panels over rows
+        K, N = x.shape
+        kb, nb = layout.blocks(K, P), layout.blocks(N, C)
+        shape = (R, C, s, kb, nb)
+    if is_abstract(x):
+        return jax.ShapeDtypeStruct(shape, x.dtype)
+    t = jnp.zeros(shape, x.dtype)
+    if along == "x":
+        panels = layout.pad_to(x, (R * mb, P * kb)).reshape(R, mb, P, kb).transpose(2, 0, 1, 3)  # [P, R, mb, kb]
+        t = t.at[:, owner, slot].set(panels.transpose(1, 0, 2, 3))
+    else:
+        panels = layout.pad_to(x, (P * kb, C * nb)).reshape(P, kb, C, nb).transpose(0, 2, 1, 3)  # [P, C, kb, nb]
+        t = t.at[owner, :, slot].set(panels)
+    return shard.place(t, mesh.devices)
 
 
 def _as_stack(t: Array) -> Array:
@@ -207,7 +222,7 @@ def gemm_t(mesh: Mesh, a, b, *, trace: list | None = None) -> Array:
         eb = _isz(at)
         with mesh.hold(a=at, b=bt, c=ct, b_buf=nb * kb * eb, partial=mb * nb * 4), \
                 mesh.routes("interleaved ring y", 2), mesh.routes("reduce chain x", 2):
-            for t in range(L):
+            for t in mesh.repeat(L, abstract):
                 with mesh.phase("compute-shift-reduce"), mesh.step():
                     part = local.matmul(mesh, at, local.take_slot(bt, 0), trans_b=True)  # [R, C, mb, nb]
                     relay = mesh.spec.relay_cycles_per_element * mb * nb if C > 1 else 0.0

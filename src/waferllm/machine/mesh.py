@@ -70,6 +70,8 @@ class Mesh:
     _step: _Step | None = None
     _live: dict[str, int] = field(default_factory=dict)
     _routes: list[tuple[str, int]] = field(default_factory=list)
+    _times: int = 1  # multiplier for charges inside a repeat()'s first iteration
+    _mute: bool = False  # later iterations of a repeat() charge nothing
 
     def __post_init__(self) -> None:
         if self.rows < 1 or self.cols < 1:
@@ -110,22 +112,43 @@ class Mesh:
         assert self._step is None, "steps do not nest"
         self._step = st = _Step()
         ctx = self.phase(name) if name else _null()
+        times *= self._times
         with ctx:
             try:
                 yield
             finally:
                 self._step = None
+            if self._mute:
+                return
             self.ledger.charge(self.label, compute=st.compute, comm=st.comm, macs=st.macs, hops=st.hops,
                                stages=st.stages, overhead=self.spec.step_overhead_cycles + st.extra_overhead,
                                overlap=overlap, times=times)
+
+    def repeat(self, n: int, abstract: bool) -> Iterator[int]:
+        """Iterate n identical-cost iterations: the first is charged n times, the rest are muted.
+
+        Numeric runs still execute every iteration; shape-only runs stop after the first, so a full
+        wafer's 10^5-step loop costs one iteration. Both give the same ledger.
+        """
+        if n <= 0:
+            return
+        saved = (self._times, self._mute)
+        try:
+            self._times = saved[0] * n
+            yield 0
+            self._times, self._mute = saved[0], True
+            for i in range(1, 1 if abstract else n):
+                yield i
+        finally:
+            self._times, self._mute = saved
 
     def charge_compute(self, cycles: float, macs: float = 0.0) -> None:
         """Local work on every core (critical path = the largest tile, which all cores pad to)."""
         if self._step is not None:
             self._step.compute += cycles
             self._step.macs += macs
-        else:
-            self.ledger.charge(self.label, compute=cycles, macs=macs)
+        elif not self._mute:
+            self.ledger.charge(self.label, compute=cycles, macs=macs, times=self._times)
 
     def charge_comm(self, cycles: float, *, hops: float = 0.0, stages: float = 0.0, overhead: float = 0.0,
                     times: int = 1) -> None:
@@ -135,9 +158,9 @@ class Mesh:
             if cycles > st.comm:
                 st.comm, st.hops, st.stages = cycles, hops, stages
             st.extra_overhead += overhead
-        else:
+        elif not self._mute:
             self.ledger.charge(self.label, comm=cycles, hops=hops, stages=stages, overhead=overhead,
-                               overlap=False, times=times)
+                               overlap=False, times=times * self._times)
 
     # --- memory -------------------------------------------------------------
     @contextmanager
