@@ -16,8 +16,8 @@ FIT = "fitted by `waferllm calibrate` (perf/calibrate.py)"
 # to the figures named in each source string and to nothing else.
 _WSE2_FITTED = dict(
     alpha_cycles_per_hop=1.0,
-    beta_cycles_per_relay=7.36,
-    relay_cycles_per_element=2.6,
+    beta_cycles_per_relay=6.89,
+    relay_cycles_per_element=2.35,
     message_overhead_cycles=0.0,
     step_overhead_cycles=100.0,
     collective_overhead_cycles=0.0,
@@ -53,7 +53,7 @@ _WSE2_SOURCES = {
     "beta_cycles_per_relay": f"{FIT} to {CAL} gemv_16k, gemv_32k at 720x720",
     "relay_cycles_per_element": f"{FIT} to {CAL} gemv_16k, gemv_32k at 720x720",
     "message_overhead_cycles": f"{FIT}; not identifiable from {CAL}, held at 0",
-    "step_overhead_cycles": f"{FIT} to {CAL} prefill_llama3_8b_*",
+    "step_overhead_cycles": f"{FIT}: largest value keeping MeshGEMM 8K at 720x720 at the {CAL} meshgemm_efficiency floor 0.70",
     "collective_overhead_cycles": f"{FIT} to {CAL} decode_llama3_8b_*",
     "vector_op_overhead_cycles": f"{FIT} to {CAL} prefill_llama3_8b_*",
 }

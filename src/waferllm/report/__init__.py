@@ -1,0 +1,1 @@
+"""Layer 6: tables, plots and HTML reports of costed runs."""
