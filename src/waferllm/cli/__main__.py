@@ -1,0 +1,5 @@
+import sys
+
+from waferllm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,93 @@
+"""The command line: tables, JSON keys, plots, and one-line errors with exit code 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from waferllm.cli import main
+
+JSON_KEYS = {"kernel", "algo", "device", "grid", "shape", "cycles", "time_s", "compute_cycles", "comm_cycles",
+             "compute_efficiency", "peak_core_bytes", "routes_per_core"}
+
+
+def test_bench_gemv_table(capsys):
+    assert main(["bench", "gemv", "--device", "wse2", "--grid", "720x720", "--shape", "16384x16384"]) == 0
+    out = capsys.readouterr().out
+    for col in ("algorithm", "cycles", "compute %", "comm %", "compute eff", "peak/core", "routes/core",
+                "speed-up vs pipeline"):
+        assert col in out
+    assert "meshgemv" in out and "ring" in out
+
+
+def test_bench_json_keys(capsys):
+    assert main(["bench", "gemm", "--grid", "360x360", "--shape", "2048x2048x2048", "--algo", "all", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["algo"] for r in rows] == ["summa", "meshgemm", "cannon"]
+    for r in rows:
+        assert JSON_KEYS <= set(r)
+        assert r["kernel"] == "gemm" and r["grid"] == "360x360" and r["device"] == "wse2"
+    assert rows[1]["cycles"] < rows[0]["cycles"]
+
+
+def test_bench_plot(tmp_path, capsys):
+    png = tmp_path / "lat.png"
+    assert main(["bench", "gemv", "--grid", "240x240", "--shape", "4096x4096", "--plot", str(png), "--json"]) == 0
+    assert png.stat().st_size > 1000
+    json.loads(capsys.readouterr().out)
+
+
+def test_bench_device_overrides(capsys):
+    assert main(["bench", "gemv", "--grid", "8x8", "--shape", "4096x4096", "--algo", "meshgemv", "--json",
+                 "--set", "sram_bytes_per_core=1048576"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["peak_core_bytes"] > 49152
+
+
+def test_validate_all_within_target(capsys):
+    assert main(["validate", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    ids = {r["id"] for r in rows}
+    assert {"gemv_16k", "gemv_32k", "meshgemm_efficiency_8k", "summa_efficiency_8k"} <= ids
+    assert all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]
+    assert all(abs(r["rel_error"]) <= 0.10 for r in rows if r["rel_error"] is not None)
+
+
+def test_presets_equal_the_calibration_fit(wse2):
+    """The fitted constants in the preset are what `waferllm calibrate` produces from calibration.json."""
+    from waferllm.perf.calibrate import calibrate
+
+    fitted, _ = calibrate(wse2)
+    for k in ("beta_cycles_per_relay", "relay_cycles_per_element", "step_overhead_cycles"):
+        assert getattr(fitted, k) == pytest.approx(getattr(wse2, k), rel=0.01), k
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["bench", "gemv", "--grid", "0x5"], "bad grid '0x5'"),
+    (["bench", "gemv", "--grid=-3x5"], "bad grid"),
+    (["bench", "gemv", "--grid", "abc"], "bad grid 'abc'"),
+    (["bench", "gemv", "--grid", "995x10"], "does not fit device wse2"),
+    (["bench", "gemv", "--shape", "16384"], "bad gemv shape"),
+    (["bench", "gemm", "--shape", "2x0x3"], "bad gemm shape"),
+    (["bench", "gemv", "--algo", "summa"], "unknown gemv algorithm 'summa'; known: meshgemv, pipeline, ring, all"),
+    (["bench", "gemv", "--device", "wse9"], "unknown device 'wse9'; known devices: wse2, wse3"),
+    (["bench", "gemv", "--dtype", "int3"], "unknown dtype 'int3'"),
+    (["bench", "gemv", "--set", "sram=1"], "unknown device field 'sram'"),
+    (["bench", "conv"], "invalid choice"),
+    (["bench", "gemv", "--grid", "4x4", "--shape", "4096x4096"], "out of SRAM"),
+])
+def test_bad_input_is_one_line_exit_2(argv, msg):
+    res = subprocess.run([sys.executable, "-m", "waferllm.cli", *argv], capture_output=True, text=True)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and msg in lines[0], res.stderr
+    assert "Traceback" not in res.stderr and res.stdout == ""
+
+
+def test_bad_device_file(tmp_path):
+    f = tmp_path / "dev.json"
+    f.write_text(json.dumps({"base": "wse2", "cores_wide": 10}))
+    res = subprocess.run([sys.executable, "-m", "waferllm.cli", "bench", "gemv", "--device", str(f)],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "unknown device field 'cores_wide'" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

@@ -1,0 +1,103 @@
+"""The ledger: costs follow the spec, numeric and shape-only runs agree, limits stop or report."""
+
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from waferllm.kernels import gemm, gemm_t, gemv
+from waferllm.machine import LimitError, Mesh, noc
+from waferllm.machine.mesh import GridError
+
+
+def S(*shape, dt=np.float32):
+    return jax.ShapeDtypeStruct(shape, dt)
+
+
+@pytest.mark.parametrize("grid", [(3, 5), (4, 4), (1, 6)])
+@pytest.mark.parametrize("kind", ["meshgemm", "cannon", "summa", "gemm_t", "meshgemv", "pipeline", "ring"])
+def test_numeric_and_shape_only_ledgers_are_equal(roomy, grid, kind):
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((9, 13)).astype(np.float32), rng.standard_normal((13, 11)).astype(np.float32)
+    runs = []
+    for abstract in (False, True):
+        mesh = Mesh(roomy, *grid)
+        A = S(*a.shape) if abstract else a
+        if kind in ("meshgemm", "cannon", "summa"):
+            gemm(mesh, A, S(*b.shape) if abstract else b, kind)
+        elif kind == "gemm_t":
+            gemm_t(mesh, A, S(*b.T.shape) if abstract else b.T)
+        else:
+            gemv(mesh, S(13) if abstract else b[:, 0], S(*b.shape) if abstract else b, kind)
+        runs.append(mesh.ledger)
+    assert runs[0] == runs[1]
+    assert runs[0].cycles > 0
+
+
+def test_compute_shift_step_is_max_plus_overhead(wse2):
+    mesh = Mesh(wse2, 4, 4)
+    x = S(4, 4, 8, 8, dt=np.float16)
+    with mesh.step():
+        mesh.charge_compute(1000.0)
+        noc.shift(mesh, x, "x")
+    expected_transfer = 2 * wse2.alpha_cycles_per_hop + 8 * 8 * 2 / wse2.link_bytes_per_cycle
+    assert mesh.ledger.cycles == pytest.approx(1000.0 + wse2.step_overhead_cycles)
+    mesh2 = Mesh(wse2, 4, 4)
+    with mesh2.step():
+        mesh2.charge_compute(1.0)
+        noc.shift(mesh2, x, "x")
+    assert mesh2.ledger.cycles == pytest.approx(expected_transfer + wse2.step_overhead_cycles)
+
+
+def test_gemv_cost_is_spec_arithmetic(wse2):
+    """MeshGEMV 16K at 720x720: compute + K-tree = the formula in waferllm.md, from the spec's numbers."""
+    mesh = Mesh(wse2, 720, 720)
+    gemv(mesh, S(16384, dt=np.float16), S(16384, 16384, dt=np.float16))
+    s = wse2
+    compute = 23 * 23 / s.fp16_macs_per_cycle
+    e = max(2 / s.link_bytes_per_cycle, s.relay_cycles_per_element)
+    g, G = 30, 24  # 720 cores in 24 groups (the artifact's choice)
+    hops = 15 + 12 * g + 375  # chain in group, roots to root, multicast back
+    stages = 15 + 12
+    reduce = s.alpha_cycles_per_hop * hops + s.beta_cycles_per_relay * stages + 23 * (2 * e + 0.5)
+    assert mesh.ledger.cycles == pytest.approx(compute + reduce)
+    assert mesh.ledger.hops == hops and mesh.ledger.stages == stages
+
+
+def test_memory_limit_names_tensor_and_numbers(wse2):
+    mesh = Mesh(wse2, 4, 4)
+    with pytest.raises(LimitError, match=r"out of SRAM .* bytes per core needed, 49152 available .*largest tensor 'w'"):
+        gemv(mesh, S(4096, dt=np.float16), S(4096, 4096, dt=np.float16))
+    mesh = Mesh(wse2, 4, 4, limits=False)
+    gemv(mesh, S(4096, dt=np.float16), S(4096, 4096, dt=np.float16))
+    assert mesh.ledger.excess and mesh.ledger.peak_core_bytes > 49152
+    assert "meshgemv" in mesh.ledger.peak_where
+
+
+def test_route_limit(wse2):
+    tight = wse2.replace(routes_per_core=4)
+    mesh = Mesh(tight, 3, 3)
+    with mesh.routes("a", 3):
+        with pytest.raises(LimitError, match="out of routes .* 5 routes per core needed, 4 available"):
+            with mesh.routes("b", 2):
+                pass
+
+
+def test_grid_must_fit_device(wse2):
+    with pytest.raises(GridError, match="does not fit device wse2"):
+        Mesh(wse2, 995, 10)
+    with pytest.raises(GridError):
+        Mesh(wse2, 0, 3)
+
+
+def test_full_wafer_kernels_cost_fast(wse2):
+    """A full 994 x 750 wafer costs shape-only in well under a second per kernel."""
+    for run in (lambda m: gemm(m, S(8192, 8192, dt=np.float16), S(8192, 8192, dt=np.float16), "meshgemm"),
+                lambda m: gemm(m, S(8192, 8192, dt=np.float16), S(8192, 8192, dt=np.float16), "summa"),
+                lambda m: gemv(m, S(32768, dt=np.float16), S(32768, 32768, dt=np.float16))):
+        t0 = time.perf_counter()
+        mesh = Mesh(wse2, 994, 750, limits=False)
+        run(mesh)
+        assert time.perf_counter() - t0 < 1.0
+        assert mesh.ledger.cycles > 0
