@@ -89,10 +89,10 @@ class Ledger:
         """Cycles of every phase whose label starts with prefix."""
         return self._sum("cycles", prefix)
 
-    def merge(self, other: "Ledger", prefix: str = "") -> None:
-        """Append another ledger's phases (sequential composition); peaks take the max."""
+    def merge(self, other: "Ledger", prefix: str = "", times: int = 1) -> None:
+        """Append another ledger's phases (sequential composition, repeated `times`); peaks take the max."""
         for k, p in other.phases.items():
-            self.phases.setdefault(prefix + k, PhaseCost()).add(p)
+            self.phases.setdefault(prefix + k, PhaseCost()).add(p, times)
         self.note_memory(other.peak_core_bytes, prefix + other.peak_where, other.peak_tensors)
         self.note_routes(other.routes_per_core, prefix + other.routes_where)
         self.excess.extend(other.excess)

@@ -60,3 +60,13 @@ def push_slot(x: Array, item: Array, front: bool) -> Array:
         return x
     item = item[:, :, None]
     return jnp.concatenate([item, x[:, :, :-1]] if front else [x[:, :, 1:], item], axis=2)
+
+
+def charge_elementwise(mesh: Mesh, elems: int, dtype: str = "float32", *, special: int = 0, ops: int = 1) -> None:
+    """`ops` vector passes over `elems` elements per core, plus `special` exp/rsqrt-class calls per element."""
+    if elems <= 0:
+        return
+    s = mesh.spec
+    cycles = ops * (elems / s.macs_per_cycle(dtype) + s.vector_op_overhead_cycles)
+    cycles += special * elems * s.special_function_cycles
+    mesh.charge_compute(cycles)

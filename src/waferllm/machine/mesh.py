@@ -66,6 +66,7 @@ class Mesh:
     ledger: Ledger | None = None
     limits: bool = True
     devices: object = None  # a jax.sharding.Mesh over the grid axes, or None
+    check_fit: bool = True  # False for logical grids spanning several regions (an LM head across regions)
     _labels: list[str] = field(default_factory=list)
     _step: _Step | None = None
     _live: dict[str, int] = field(default_factory=dict)
@@ -76,7 +77,7 @@ class Mesh:
     def __post_init__(self) -> None:
         if self.rows < 1 or self.cols < 1:
             raise GridError(f"bad grid {self.rows}x{self.cols}: rows and columns must be >= 1")
-        if self.rows > self.spec.height_cores or self.cols > self.spec.width_cores:
+        if self.check_fit and (self.rows > self.spec.height_cores or self.cols > self.spec.width_cores):
             raise GridError(f"grid {self.rows}x{self.cols} does not fit device {self.spec.name} "
                             f"({self.spec.height_cores}x{self.spec.width_cores} cores, rows x columns)")
         if self.ledger is None:

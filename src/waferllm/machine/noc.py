@@ -77,17 +77,19 @@ def broadcast(mesh: Mesh, x: Array, axis: str, root: int, *, switch: bool = Fals
 
 # --- reductions ------------------------------------------------------------
 def allreduce(mesh: Mesh, x: Array, axis: str, algo: str = "ktree", *, groups: int | None = None,
-              segment: int | None = None, op: str = "sum") -> Array:
+              segment: int | None = None, op: str = "sum", elems: int | None = None) -> Array:
     """Sum (or max) every core's tile along `axis`; result replicated along it.
 
     algo: ktree (two-phase K=2 tree, then multicast), pipeline (chain + multicast), ring (interleaved
     ring reduce-scatter + allgather). segment=s reduces within consecutive groups of s cores only.
+    elems overrides the charged elements per core (when x holds padding the core would not send).
     """
     n = mesh.size(axis)
     seg = segment or n
     if n % seg:
         raise ValueError(f"segment {seg} does not divide {n} cores along {axis}")
-    elems, eb = int(math.prod(x.shape[2:])), np.dtype(x.dtype).itemsize
+    eb = np.dtype(x.dtype).itemsize
+    elems = int(math.prod(x.shape[2:])) if elems is None else elems
     cost, hops, stages = _allreduce_cost(mesh, algo, seg, elems, eb, groups)
     mesh.charge_comm(cost, hops=hops, stages=stages, overhead=mesh.spec.collective_overhead_cycles)
     if is_abstract(x) or seg == 1:

@@ -37,6 +37,7 @@ class DeviceSpec:
     step_overhead_cycles: float  # fixed cost of one compute-shift step (sync, buffer swap)
     collective_overhead_cycles: float  # fixed cost of one collective (task switch, route setup)
     vector_op_overhead_cycles: float  # fixed cost per vector instruction (DSD set-up) in local compute
+    special_function_cycles: float  # one exp / rsqrt / sigmoid on one element (software on the core)
     routes_per_core: int  # R: distinct routes (colours) a router can hold
     power_w: float  # whole-system power for energy figures
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -51,7 +52,8 @@ class DeviceSpec:
             if not _is_num(getattr(self, name)) or getattr(self, name) <= 0:
                 raise SpecError(f"device {self.name!r}: {name} must be a positive number, got {getattr(self, name)!r}")
         for name in ("beta_cycles_per_relay", "relay_cycles_per_element", "message_overhead_cycles",
-                     "step_overhead_cycles", "collective_overhead_cycles", "vector_op_overhead_cycles"):
+                     "step_overhead_cycles", "collective_overhead_cycles", "vector_op_overhead_cycles",
+                     "special_function_cycles"):
             if not _is_num(getattr(self, name)) or getattr(self, name) < 0:
                 raise SpecError(f"device {self.name!r}: {name} must be a number >= 0, got {getattr(self, name)!r}")
         if self.beta_cycles_per_relay < self.alpha_cycles_per_hop:

@@ -1,0 +1,156 @@
+"""The decode program: one token through every layer on the mesh (the transpose-free chain, waferllm.md s4).
+
+Every function takes the Mesh whose ledger it charges. The numeric path jit-compiles decode_step once
+(charges made while tracing go to a scratch ledger); step_ledger() runs the same layer function under
+jax.eval_shape with the true cache occupancy to cost a step without computing it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from waferllm.engine import kv
+from waferllm.engine.placement import DecodePlan
+from waferllm.engine.tiles import MeshWeights
+from waferllm.kernels.attention import decode_attention
+from waferllm.kernels.meshvec import gemv_x_to_y, gemv_y_to_x, rmsnorm_y
+from waferllm.machine import Ledger, Mesh, local, noc
+from waferllm.model.config import ModelConfig
+from waferllm.model.rope import inv_freq
+from waferllm.spec import DeviceSpec
+
+F32 = jnp.float32
+LAYER_KEYS = ("attn_norm", "wqkv", "bqkv", "wo", "ffn_norm", "wgu", "wdown")
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class DecodeProgram:
+    """Static facts of one placed model: config, plan, device and per-slot tables."""
+
+    cfg: ModelConfig
+    plan: DecodePlan
+    spec: DeviceSpec
+
+    @property
+    def freq(self) -> np.ndarray:
+        """[C, cb/2] RoPE inverse frequency of each rotation pair slot."""
+        return inv_freq(self.cfg).astype(np.float32)[self.plan.heads.pair_index()[:, 0::2]]
+
+    def mesh(self, ledger: Ledger | None = None) -> Mesh:
+        return Mesh(self.spec, self.plan.rows, self.plan.cols, ledger=ledger, limits=False)
+
+    def lm_mesh(self, ledger: Ledger) -> Mesh:
+        return Mesh(self.spec, self.plan.rows, self.plan.lm_cols, ledger=ledger, limits=False, check_fit=False)
+
+    # --- one layer -------------------------------------------------------------
+    def layer(self, mesh: Mesh, w: dict, kc, vc, x, pos, n, n_cost: int | None = None):
+        """x_y [R, kb] through one decoder layer; inserts this token's K/V into kc, vc [R, T, C, cb]."""
+        cfg, h = self.cfg, self.plan.heads
+        C, cb, rep = self.plan.cols, h.cb, h.n_rep
+        t_row = kc.shape[1] if n_cost is None else math.ceil((n_cost + 1) / mesh.rows)
+        with mesh.phase("attn_norm"):
+            xn = rmsnorm_y(mesh, x, w["attn_norm"], cfg.dim, cfg.norm_eps)
+        with mesh.phase("qkv"):
+            y = gemv_y_to_x(mesh, xn, w["wqkv"])  # [C, cb*rep + 2cb]
+            if w.get("bqkv") is not None:
+                local.charge_elementwise(mesh, y.shape[1])
+                y = y + w["bqkv"]
+        q, k, v = y[:, : cb * rep].reshape(C, cb, rep), y[:, cb * rep: cb * (rep + 1)], y[:, cb * (rep + 1):]
+        with mesh.phase("rope"):
+            local.charge_elementwise(mesh, cb * (rep + 1), ops=4)
+            cos, sin = jnp.cos(pos * self.freq), jnp.sin(pos * self.freq)  # tables resident per core
+            q, k = rope_pairs(q, cos, sin), rope_pairs(k, cos, sin)
+        with mesh.phase("kv_insert"):
+            kv.charge_shift(mesh, 0 if n_cost is None else n_cost, cb, jnp.dtype(kc.dtype).itemsize)
+            kc, vc = kv.shift_insert(kc, k, n), kv.shift_insert(vc, v, n)
+        with mesh.phase("attention"):
+            valid = kv.valid_mask(n + 1, mesh.rows, kc.shape[1])
+            o = decode_attention(mesh, q, kc, vc, valid, jnp.asarray(h.head_mask()), scale=cfg.head_dim ** -0.5,
+                                 segment=h.segment, tokens_per_row=t_row)
+        with mesh.phase("o_proj"):
+            x = x + gemv_x_to_y(mesh, o.reshape(C, cb * rep), w["wo"])
+            local.charge_elementwise(mesh, x.shape[1])
+        with mesh.phase("ffn_norm"):
+            xn = rmsnorm_y(mesh, x, w["ffn_norm"], cfg.dim, cfg.norm_eps)
+        with mesh.phase("gate_up"):
+            gu = gemv_y_to_x(mesh, xn, w["wgu"])  # [C, 2fb]
+        with mesh.phase("silu_mul"):
+            fb = gu.shape[1] // 2
+            local.charge_elementwise(mesh, fb, special=1, ops=2)
+            a = jax.nn.silu(gu[:, :fb]) * gu[:, fb:]
+        with mesh.phase("down"):
+            x = x + gemv_x_to_y(mesh, a, w["wdown"])
+            local.charge_elementwise(mesh, x.shape[1])
+        return x, kc, vc
+
+    # --- embedding and head ------------------------------------------------------
+    def embed(self, mesh: Mesh, mw: MeshWeights, token):
+        """The token's row of the embedding tiles, multicast from its owner column: x_y [R, kb]."""
+        vb = self.plan.vb
+        eb = jnp.dtype(mw.embed.dtype).itemsize
+        mesh.charge_comm(noc.transfer_cycles(mesh, self.plan.kb * eb, self.plan.lm_cols - 1),
+                         hops=self.plan.lm_cols - 1)
+        return mw.embed[:, :, token // vb, token % vb].astype(F32)
+
+    def head(self, mesh: Mesh, mw: MeshWeights, x):
+        """Final RMSNorm and the LM-head MeshGEMV over the vocabulary: logits_x [C_lm, vb] (padding -inf)."""
+        with mesh.phase("final_norm"):
+            xn = rmsnorm_y(mesh, x, mw.final_norm, self.cfg.dim, self.cfg.norm_eps)
+        with mesh.phase("lm_head"):
+            logits = gemv_y_to_x(mesh, xn, mw.lm_head)
+        pad = jnp.arange(logits.size).reshape(logits.shape) >= self.cfg.vocab_size
+        return jnp.where(pad, -jnp.inf, logits)
+
+    def argmax(self, mesh: Mesh, logits):
+        """Distributed argmax: each column's local best, then a max-reduction along X (ties -> lowest id)."""
+        with mesh.phase("argmax"):
+            local.charge_elementwise(mesh, logits.shape[1])
+            best = jnp.max(logits, axis=1)
+            idx = jnp.argmax(logits, axis=1)
+            col = jnp.argmax(best)  # the reduction's tie-break keeps the first column, as a global argmax does
+            tile = jnp.broadcast_to(best[None, :, None], (mesh.rows, logits.shape[0], 1))
+            noc.allreduce(mesh, tile, "x", "ktree", op="max", elems=2)  # value and index travel together
+            return (col * logits.shape[1] + idx[col]).astype(jnp.int32)
+
+
+def rope_pairs(x, cos, sin):
+    """Rotate adjacent slot pairs (d, d + hd/2) of x [C, cb, ...] by per-pair angles cos/sin [C, cb/2]."""
+    extra = (None,) * (x.ndim - 2)
+    c, s = cos[(...,) + extra], sin[(...,) + extra]
+    x0, x1 = x[:, 0::2], x[:, 1::2]
+    return jnp.stack([x0 * c - x1 * s, x1 * c + x0 * s], axis=2).reshape(x.shape)
+
+
+def layer_slice(mw: MeshWeights, i) -> dict:
+    """Layer i's tiles (i may be traced inside a scan)."""
+    return {k: (None if getattr(mw, k) is None else getattr(mw, k)[i]) for k in LAYER_KEYS}
+
+
+def layer_params(mw: MeshWeights) -> dict:
+    return {k: getattr(mw, k) for k in LAYER_KEYS if getattr(mw, k) is not None}
+
+
+def make_decode_step(prog: DecodeProgram):
+    """jit(token, pos, n, caches, weights) -> (next greedy token, logits_x, caches): one full step."""
+    scratch = Ledger(clock_hz=prog.spec.clock_hz)
+
+    def step(mw: MeshWeights, kcs, vcs, token, pos, n):
+        mesh, lm = prog.mesh(scratch), prog.lm_mesh(scratch)
+        x = prog.embed(lm, mw, token)
+
+        def body(x, xs):
+            w, kc, vc = xs
+            x, kc, vc = prog.layer(mesh, w, kc, vc, x, pos, n)
+            return x, (kc, vc)
+
+        x, (kcs, vcs) = jax.lax.scan(body, x, (layer_params(mw), kcs, vcs))
+        logits = prog.head(lm, mw, x)
+        return prog.argmax(lm, logits), logits, kcs, vcs
+
+    return jax.jit(step, donate_argnums=(1, 2))

@@ -1,0 +1,129 @@
+"""Generation on the simulated wafer: place a model, feed the prompt, decode token by token, cost it all.
+
+gpt-fast's phases: prefill (here: the prompt through the decode path, token by token, until the mesh
+prefill lands), decode_one_token, generate (a generator of token ids); every step is also costed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from waferllm import WaferError
+from waferllm.engine.cost import step_ledger
+from waferllm.engine.decode import DecodeProgram, make_decode_step
+from waferllm.engine.placement import DecodePlan, auto_grid, plan_decode
+from waferllm.engine.sampling import SamplingParams, sample
+from waferllm.engine.tiles import DTYPES, mesh_weights
+from waferllm.machine import Ledger
+from waferllm.model.config import ModelConfig
+from waferllm.model.weights import ModelWeights
+from waferllm.spec import DeviceSpec
+
+
+class CapacityError(WaferError):
+    """The request needs more KV cache than the plan holds."""
+
+
+@dataclass
+class TokenEvent:
+    """One generated token with its costed on-device time."""
+
+    token_id: int
+    predicted_s: float
+
+
+@dataclass
+class Timing:
+    """Predicted on-device figures (vLLM names) and the simulation's wall time."""
+
+    ttft_s: float = 0.0
+    decode_s: list[float] = field(default_factory=list)
+
+    @property
+    def tpot_s(self) -> float:
+        return float(np.mean(self.decode_s)) if self.decode_s else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return 1.0 / self.tpot_s if self.tpot_s else 0.0
+
+
+class Engine:
+    """A model placed on a device: weights tiled on the decode grid, a jitted decode step, a cost model."""
+
+    def __init__(self, cfg: ModelConfig, weights: ModelWeights, spec: DeviceSpec, *, grid: str = "auto",
+                 dtype: str = "float32", max_tokens: int = 512, tokenizer=None):
+        if dtype not in DTYPES:
+            raise WaferError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+        self.cfg, self.spec, self.dtype, self.tokenizer = cfg, spec, dtype, tokenizer
+        rc = auto_grid(cfg, spec, dtype, max_tokens) if grid == "auto" else grid
+        self.plan: DecodePlan = plan_decode(cfg, spec, rc, dtype)
+        self.prog = DecodeProgram(cfg=cfg, plan=self.plan, spec=spec)
+        self.weights = mesh_weights(cfg, weights, self.plan)
+        self.max_tokens = max_tokens
+        self.slots = math.ceil(max_tokens / self.plan.rows)
+        self._step = make_decode_step(self.prog)
+        self.ledger = Ledger(clock_hz=spec.clock_hz)  # every costed step of the last generation
+
+    # --- capacity ----------------------------------------------------------------
+    def check_capacity(self, n_prompt: int, max_new: int) -> None:
+        cap = self.plan.kv_capacity_tokens()
+        need = n_prompt + max_new
+        if n_prompt < 1:
+            raise CapacityError("empty prompt: at least one token is needed")
+        if need > min(cap["shift"], self.max_tokens, self.cfg.max_seq_len):
+            raise CapacityError(f"prompt ({n_prompt} tokens) + max_new_tokens ({max_new}) = {need} tokens exceeds "
+                                f"the KV capacity of this plan: shift policy {cap['shift']}, concat policy "
+                                f"{cap['concat']} tokens (engine limit {self.max_tokens}, model context "
+                                f"{self.cfg.max_seq_len}) on grid {self.plan.grid}")
+
+    # --- phases ------------------------------------------------------------------
+    def new_cache(self):
+        p = self.plan
+        shape = (self.cfg.n_layers, p.rows, self.slots, p.cols, p.heads.cb)
+        return jnp.zeros(shape, DTYPES[self.dtype]), jnp.zeros(shape, DTYPES[self.dtype])
+
+    def decode_one_token(self, caches, token: int, n: int):
+        """Feed one token at position n (n tokens cached): (greedy next id, logits_x, caches, predicted_s)."""
+        kc, vc = caches
+        nxt, logits, kc, vc = self._step(self.weights, kc, vc, jnp.int32(token), jnp.float32(n), jnp.int32(n))
+        led = step_ledger(self.prog, n, self.slots)
+        self.ledger.merge(led)
+        return int(nxt), logits, (kc, vc), led.time_s
+
+    def logits_vector(self, logits_x) -> np.ndarray:
+        return np.asarray(logits_x).reshape(-1)[: self.cfg.vocab_size]
+
+    def generate(self, prompt_ids: Sequence[int], params: SamplingParams, timing: Timing | None = None
+                 ) -> Iterator[TokenEvent]:
+        """Yield generated token ids until EOS, a stop condition checked by the caller, or max_new_tokens."""
+        self.check_capacity(len(prompt_ids), params.max_new_tokens)
+        timing = timing if timing is not None else Timing()
+        self.ledger = Ledger(clock_hz=self.spec.clock_hz)
+        rng = np.random.default_rng(params.seed)
+        caches = self.new_cache()
+        t = 0.0
+        for n, tok in enumerate(prompt_ids):  # the prompt, token by token (reference path)
+            nxt, logits, caches, dt = self.decode_one_token(caches, tok, n)
+            t += dt
+        timing.ttft_s = t
+        n = len(prompt_ids)
+        eos = set(self.cfg.eos_token_ids) | set(getattr(self.tokenizer, "eos_ids", ()) or ())
+        for i in range(params.max_new_tokens):
+            tok = nxt if params.greedy else sample(self.logits_vector(logits), params, rng)
+            yield TokenEvent(token_id=tok, predicted_s=timing.ttft_s if i == 0 else timing.decode_s[-1])
+            if (tok in eos and not params.ignore_eos) or i == params.max_new_tokens - 1:
+                return
+            nxt, logits, caches, dt = self.decode_one_token(caches, tok, n)
+            timing.decode_s.append(dt)
+            n += 1
+
+
+def wall_clock() -> float:
+    return time.perf_counter()

@@ -1,0 +1,117 @@
+"""Weights in their decode placement: per-core tiles in the compact layout (engine/placement.py).
+
+Layouts (core (y, x) of an R x C region): norms [R, kb]; fused QKV [R, kb, C, cb*(n_rep+2)] with in=y,
+out=x (q slots, then k, then v per column); O projection [R, C, cb*n_rep, kb] with in=x, out=y; fused
+gate/up [R, kb, C, 2*fb]; down [R, C, fb, kb]; LM head [R, kb, C_lm, vb]. Stacked over layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from waferllm.engine.placement import DecodePlan
+from waferllm.model.config import ModelConfig
+from waferllm.model.weights import LayerWeights, ModelWeights
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True, kw_only=True, eq=False)
+class MeshWeights:
+    """Every layer's tiles stacked on a leading layer axis, plus the LM head / embedding tiles."""
+
+    attn_norm: jax.Array  # [L, R, kb]
+    wqkv: jax.Array  # [L, R, kb, C, qkv]
+    bqkv: jax.Array | None  # [L, C, qkv]
+    wo: jax.Array  # [L, R, C, cb*n_rep, kb]
+    ffn_norm: jax.Array  # [L, R, kb]
+    wgu: jax.Array  # [L, R, kb, C, 2*fb]
+    wdown: jax.Array  # [L, R, C, fb, kb]
+    final_norm: jax.Array  # [R, kb]
+    lm_head: jax.Array  # [R, kb, C_lm, vb]
+    embed: jax.Array  # [R, kb, C_lm, vb] (the LM head's tiles when embeddings are tied)
+
+
+def _pad(a: np.ndarray, shape) -> np.ndarray:
+    out = np.zeros(shape, a.dtype)
+    out[tuple(slice(0, s) for s in a.shape)] = a
+    return out
+
+
+def _split_rows(a: np.ndarray, rows: int, kb: int) -> np.ndarray:
+    """[D, ...] -> [R, kb, ...] (zero padded)."""
+    return _pad(a, (rows * kb,) + a.shape[1:]).reshape((rows, kb) + a.shape[1:])
+
+
+def _qkv_columns(cfg: ModelConfig, plan: DecodePlan) -> np.ndarray:
+    """[C, qkv] index into concat(q, k, v) output columns for each slot (-1 = zero padding)."""
+    h = plan.heads
+    d = h.dim  # [C, cb] HF kv-dim index
+    g, dd = d // cfg.head_dim, d % cfg.head_dim
+    reps = np.arange(h.n_rep)
+    q = (g[:, :, None] * h.n_rep + reps) * cfg.head_dim + dd[:, :, None]  # [C, cb, n_rep]
+    q = np.where(d[:, :, None] >= 0, q, -1).reshape(plan.cols, -1)
+    k = np.where(d >= 0, cfg.q_dim + d, -1)
+    v = np.where(d >= 0, cfg.q_dim + cfg.kv_dim + d, -1)
+    return np.concatenate([q, k, v], axis=1)
+
+
+def _take_cols(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """a[..., idx] with -1 -> 0."""
+    out = np.take(a, np.maximum(idx, 0), axis=-1)
+    return np.where(idx >= 0, out, 0).astype(a.dtype)
+
+
+def layer_tiles(cfg: ModelConfig, plan: DecodePlan, lw: LayerWeights) -> dict[str, np.ndarray]:
+    """One layer's weights cut into tiles (numpy float32)."""
+    R, C, kb, fb = plan.rows, plan.cols, plan.kb, plan.fb
+    cols = _qkv_columns(cfg, plan)  # [C, qkv]
+    wcat = np.concatenate([lw.wq, lw.wk, lw.wv], axis=1)  # [D, q+2kv]
+    wqkv = _split_rows(_take_cols(wcat, cols), R, kb)  # [R, kb, C, qkv]
+    out = {"attn_norm": _split_rows(lw.attn_norm, R, kb), "ffn_norm": _split_rows(lw.ffn_norm, R, kb),
+           "wqkv": wqkv}
+    if cfg.qkv_bias:
+        out["bqkv"] = _take_cols(np.concatenate([lw.bq, lw.bk, lw.bv]), cols)  # [C, qkv]
+    qrows = cols[:, : plan.heads.cb * plan.heads.n_rep]  # [C, cb*n_rep] rows of wo
+    wo = _take_cols(lw.wo.T, qrows)  # [D, C, cb*n_rep]
+    out["wo"] = _split_rows(wo, R, kb).transpose(0, 2, 3, 1)  # [R, C, cb*n_rep, kb]
+    f = np.arange(C * fb)
+    fidx = np.where(f < cfg.ffn_dim, f, -1).reshape(C, fb)
+    gu = np.concatenate([_take_cols(lw.w_gate, fidx), _take_cols(lw.w_up, fidx)], axis=-1)  # [D, C, 2fb]
+    out["wgu"] = _split_rows(gu, R, kb)
+    wd = _take_cols(lw.w_down.T, fidx)  # [D, C, fb]
+    out["wdown"] = _split_rows(wd, R, kb).transpose(0, 2, 3, 1)  # [R, C, fb, kb]
+    return out
+
+
+def vocab_tiles(mat_dv: np.ndarray, plan: DecodePlan) -> np.ndarray:
+    """[D, V] -> [R, kb, C_lm, vb]."""
+    cl, vb = plan.lm_cols, plan.vb
+    v = np.arange(cl * vb)
+    vidx = np.where(v < mat_dv.shape[1], v, -1).reshape(cl, vb)
+    return _split_rows(_take_cols(mat_dv, vidx), plan.rows, plan.kb)
+
+
+def mesh_weights(cfg: ModelConfig, weights: ModelWeights, plan: DecodePlan) -> MeshWeights:
+    """Place a model's weights (canonical float32) onto the decode layout in the plan's dtype."""
+    dt = DTYPES[plan.dtype]
+    per = [layer_tiles(cfg, plan, lw) for lw in weights.layers]
+
+    def stack(key, dtype=dt):
+        return jnp.asarray(np.stack([p[key] for p in per]), dtype=dtype)
+
+    lm = vocab_tiles(weights.lm_head, plan)
+    tied = np.may_share_memory(weights.lm_head, weights.tok_emb) or cfg.tie_embeddings
+    emb = lm if tied else vocab_tiles(weights.tok_emb.T, plan)
+    lm_j = jnp.asarray(lm, dt)
+    return MeshWeights(
+        attn_norm=stack("attn_norm", jnp.float32), wqkv=stack("wqkv"),
+        bqkv=stack("bqkv", jnp.float32) if cfg.qkv_bias else None, wo=stack("wo"),
+        ffn_norm=stack("ffn_norm", jnp.float32), wgu=stack("wgu"), wdown=stack("wdown"),
+        final_norm=jnp.asarray(_split_rows(weights.final_norm, plan.rows, plan.kb), jnp.float32),
+        lm_head=lm_j, embed=lm_j if tied else jnp.asarray(emb, dt))
