@@ -11,7 +11,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from waferllm.engine.decode import DecodeProgram, layer_params
+from waferllm.engine.decode import DecodeProgram
 from waferllm.engine.tiles import DTYPES
 from waferllm.machine import Ledger, Mesh, noc
 
@@ -27,8 +27,8 @@ def weight_structs(prog: DecodeProgram) -> dict:
     R, C, kb, fb, qkv = p.rows, p.cols, p.kb, p.fb, p.qkv_width
     S = jax.ShapeDtypeStruct
     layer = {"attn_norm": S((R, kb), jnp.float32), "wqkv": S((R, kb, C, qkv), dt),
-             "wo": S((R, C, p.heads.cb * p.heads.n_rep, kb), dt), "ffn_norm": S((R, kb), jnp.float32),
-             "wgu": S((R, kb, C, 2 * fb), dt), "wdown": S((R, C, fb, kb), dt)}
+             "wo": S((C, p.heads.cb * p.heads.n_rep, R, kb), dt), "ffn_norm": S((R, kb), jnp.float32),
+             "wgu": S((R, kb, C, 2 * fb), dt), "wdown": S((C, fb, R, kb), dt)}
     if cfg.qkv_bias:
         layer["bqkv"] = S((C, qkv), jnp.float32)
     return layer
@@ -107,8 +107,7 @@ def head_ledger(prog: DecodeProgram) -> Ledger:
     S = jax.ShapeDtypeStruct
     from waferllm.engine.tiles import MeshWeights
 
-    mw = MeshWeights(attn_norm=None, wqkv=None, bqkv=None, wo=None, ffn_norm=None, wgu=None, wdown=None,
-                     final_norm=S((p.rows, p.kb), jnp.float32), lm_head=S((p.rows, p.kb, p.lm_cols, p.vb), dt),
+    mw = MeshWeights(layers=(), final_norm=S((p.rows, p.kb), jnp.float32), lm_head=S((p.rows, p.kb, p.lm_cols, p.vb), dt),
                      embed=S((p.rows, p.kb, p.lm_cols, p.vb), dt))
     with lm.hold(lm_head=p.lm_core_bytes):
         def run(mw, tok):
@@ -120,7 +119,16 @@ def head_ledger(prog: DecodeProgram) -> Ledger:
 
 
 def step_ledger(prog: DecodeProgram, n: int, slots: int = 0) -> Ledger:
-    """The whole decode step with n tokens cached before this one."""
+    """The whole decode step with n tokens cached before this one (cached on what the cost depends on)."""
+    R = prog.plan.rows
+    q, rem = divmod(n, R)
+    key = ("step", id(prog), math.ceil((n + 1) / R), q > 0 and rem < R - 1, slots)
+    if key not in _CACHE:
+        _CACHE[key] = _step_ledger(prog, n, slots)
+    return _CACHE[key]
+
+
+def _step_ledger(prog: DecodeProgram, n: int, slots: int) -> Ledger:
     led = Ledger(clock_hz=prog.spec.clock_hz)
     p = prog.plan
     led.merge(head_ledger(prog), "decode/")

@@ -26,7 +26,6 @@ from waferllm.model.rope import inv_freq
 from waferllm.spec import DeviceSpec
 
 F32 = jnp.float32
-LAYER_KEYS = ("attn_norm", "wqkv", "bqkv", "wo", "ffn_norm", "wgu", "wdown")
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -127,15 +126,6 @@ def rope_pairs(x, cos, sin):
     return jnp.stack([x0 * c - x1 * s, x1 * c + x0 * s], axis=2).reshape(x.shape)
 
 
-def layer_slice(mw: MeshWeights, i) -> dict:
-    """Layer i's tiles (i may be traced inside a scan)."""
-    return {k: (None if getattr(mw, k) is None else getattr(mw, k)[i]) for k in LAYER_KEYS}
-
-
-def layer_params(mw: MeshWeights) -> dict:
-    return {k: getattr(mw, k) for k in LAYER_KEYS if getattr(mw, k) is not None}
-
-
 def make_decode_step(prog: DecodeProgram):
     """jit(token, pos, n, caches, weights) -> (next greedy token, logits_x, caches): one full step."""
     scratch = Ledger(clock_hz=prog.spec.clock_hz)
@@ -143,14 +133,12 @@ def make_decode_step(prog: DecodeProgram):
     def step(mw: MeshWeights, kcs, vcs, token, pos, n):
         mesh, lm = prog.mesh(scratch), prog.lm_mesh(scratch)
         x = prog.embed(lm, mw, token)
-
-        def body(x, xs):
-            w, kc, vc = xs
+        ks, vs = [], []
+        for w, kc, vc in zip(mw.layers, kcs, vcs):  # unrolled: each layer's tiles are read where they live
             x, kc, vc = prog.layer(mesh, w, kc, vc, x, pos, n)
-            return x, (kc, vc)
-
-        x, (kcs, vcs) = jax.lax.scan(body, x, (layer_params(mw), kcs, vcs))
+            ks.append(kc)
+            vs.append(vc)
         logits = prog.head(lm, mw, x)
-        return prog.argmax(lm, logits), logits, kcs, vcs
+        return prog.argmax(lm, logits), logits, tuple(ks), tuple(vs)
 
     return jax.jit(step, donate_argnums=(1, 2))

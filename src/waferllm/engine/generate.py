@@ -86,8 +86,9 @@ class Engine:
     # --- phases ------------------------------------------------------------------
     def new_cache(self):
         p = self.plan
-        shape = (self.cfg.n_layers, p.rows, self.slots, p.cols, p.heads.cb)
-        return jnp.zeros(shape, DTYPES[self.dtype]), jnp.zeros(shape, DTYPES[self.dtype])
+        shape = (p.rows, self.slots, p.cols, p.heads.cb)
+        z = [jnp.zeros(shape, DTYPES[self.dtype]) for _ in range(2 * self.cfg.n_layers)]
+        return tuple(z[: self.cfg.n_layers]), tuple(z[self.cfg.n_layers:])
 
     def decode_one_token(self, caches, token: int, n: int):
         """Feed one token at position n (n tokens cached): (greedy next id, logits_x, caches, predicted_s)."""

@@ -1,8 +1,9 @@
 """Weights in their decode placement: per-core tiles in the compact layout (engine/placement.py).
 
 Layouts (core (y, x) of an R x C region): norms [R, kb]; fused QKV [R, kb, C, cb*(n_rep+2)] with in=y,
-out=x (q slots, then k, then v per column); O projection [R, C, cb*n_rep, kb] with in=x, out=y; fused
-gate/up [R, kb, C, 2*fb]; down [R, C, fb, kb]; LM head [R, kb, C_lm, vb]. Stacked over layers.
+out=x (q slots, then k, then v per column); O projection [C, cb*n_rep, R, kb] with in=x, out=y; fused
+gate/up [R, kb, C, 2*fb]; down [C, fb, R, kb]; LM head [R, kb, C_lm, vb]. Stacked over layers. Core
+(y, x) owns w[y, :, x, :] of an in=y matrix and w[x, :, y, :] of an in=x one.
 """
 
 from __future__ import annotations
@@ -23,15 +24,9 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True, kw_only=True, eq=False)
 class MeshWeights:
-    """Every layer's tiles stacked on a leading layer axis, plus the LM head / embedding tiles."""
+    """Per-layer tile dicts (kept apart: XLA reads them in place, a stacked scan would copy slices)."""
 
-    attn_norm: jax.Array  # [L, R, kb]
-    wqkv: jax.Array  # [L, R, kb, C, qkv]
-    bqkv: jax.Array | None  # [L, C, qkv]
-    wo: jax.Array  # [L, R, C, cb*n_rep, kb]
-    ffn_norm: jax.Array  # [L, R, kb]
-    wgu: jax.Array  # [L, R, kb, C, 2*fb]
-    wdown: jax.Array  # [L, R, C, fb, kb]
+    layers: tuple[dict, ...]  # attn_norm, wqkv, (bqkv), wo, ffn_norm, wgu, wdown per layer
     final_norm: jax.Array  # [R, kb]
     lm_head: jax.Array  # [R, kb, C_lm, vb]
     embed: jax.Array  # [R, kb, C_lm, vb] (the LM head's tiles when embeddings are tied)
@@ -79,13 +74,13 @@ def layer_tiles(cfg: ModelConfig, plan: DecodePlan, lw: LayerWeights) -> dict[st
         out["bqkv"] = _take_cols(np.concatenate([lw.bq, lw.bk, lw.bv]), cols)  # [C, qkv]
     qrows = cols[:, : plan.heads.cb * plan.heads.n_rep]  # [C, cb*n_rep] rows of wo
     wo = _take_cols(lw.wo.T, qrows)  # [D, C, cb*n_rep]
-    out["wo"] = _split_rows(wo, R, kb).transpose(0, 2, 3, 1)  # [R, C, cb*n_rep, kb]
+    out["wo"] = _split_rows(wo, R, kb).transpose(2, 3, 0, 1)  # [C, cb*n_rep, R, kb]
     f = np.arange(C * fb)
     fidx = np.where(f < cfg.ffn_dim, f, -1).reshape(C, fb)
     gu = np.concatenate([_take_cols(lw.w_gate, fidx), _take_cols(lw.w_up, fidx)], axis=-1)  # [D, C, 2fb]
     out["wgu"] = _split_rows(gu, R, kb)
     wd = _take_cols(lw.w_down.T, fidx)  # [D, C, fb]
-    out["wdown"] = _split_rows(wd, R, kb).transpose(0, 2, 3, 1)  # [R, C, fb, kb]
+    out["wdown"] = _split_rows(wd, R, kb).transpose(2, 3, 0, 1)  # [C, fb, R, kb]
     return out
 
 
@@ -100,18 +95,12 @@ def vocab_tiles(mat_dv: np.ndarray, plan: DecodePlan) -> np.ndarray:
 def mesh_weights(cfg: ModelConfig, weights: ModelWeights, plan: DecodePlan) -> MeshWeights:
     """Place a model's weights (canonical float32) onto the decode layout in the plan's dtype."""
     dt = DTYPES[plan.dtype]
-    per = [layer_tiles(cfg, plan, lw) for lw in weights.layers]
-
-    def stack(key, dtype=dt):
-        return jnp.asarray(np.stack([p[key] for p in per]), dtype=dtype)
-
+    f32 = ("attn_norm", "ffn_norm", "bqkv")  # norms and biases stay fp32, like the activations
+    layers = tuple({k: jnp.asarray(v, jnp.float32 if k in f32 else dt) for k, v in layer_tiles(cfg, plan, lw).items()}
+                   for lw in weights.layers)
     lm = vocab_tiles(weights.lm_head, plan)
     tied = np.may_share_memory(weights.lm_head, weights.tok_emb) or cfg.tie_embeddings
-    emb = lm if tied else vocab_tiles(weights.tok_emb.T, plan)
     lm_j = jnp.asarray(lm, dt)
-    return MeshWeights(
-        attn_norm=stack("attn_norm", jnp.float32), wqkv=stack("wqkv"),
-        bqkv=stack("bqkv", jnp.float32) if cfg.qkv_bias else None, wo=stack("wo"),
-        ffn_norm=stack("ffn_norm", jnp.float32), wgu=stack("wgu"), wdown=stack("wdown"),
-        final_norm=jnp.asarray(_split_rows(weights.final_norm, plan.rows, plan.kb), jnp.float32),
-        lm_head=lm_j, embed=lm_j if tied else jnp.asarray(emb, dt))
+    emb = lm_j if tied else jnp.asarray(vocab_tiles(weights.tok_emb.T, plan), dt)
+    return MeshWeights(layers=layers, lm_head=lm_j, embed=emb,
+                       final_norm=jnp.asarray(_split_rows(weights.final_norm, plan.rows, plan.kb), jnp.float32))

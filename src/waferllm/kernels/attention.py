@@ -25,7 +25,8 @@ def decode_attention(mesh: Mesh, q_x, k, v, valid, head_mask, *, scale: float, s
     dt = jnp.dtype(k.dtype).name
     with mesh.phase("scores"):
         mesh.charge_compute(local.matmul_cycles(mesh, t, cb, n_rep, dt), macs=t * cb * n_rep)
-        part = jnp.einsum("cdr,cds,ytcd->yctsr", q_x.astype(F32), head_mask, k.astype(F32))
+        qm = q_x.astype(F32)[:, :, None, :] * head_mask[:, :, :, None]  # [C, cb, S, r]: q split by head slot
+        part = jnp.einsum("cdsr,ytcd->yctsr", qm, k.astype(F32))
         s = _reduce(mesh, part, "x", "sum", segment, t * slots * n_rep)  # [R, C, T, S, r]
     with mesh.phase("softmax"):
         s = jnp.where(valid[:, None, :, None, None], s * scale, -jnp.inf)
@@ -38,7 +39,8 @@ def decode_attention(mesh: Mesh, q_x, k, v, valid, head_mask, *, scale: float, s
         p = e / z[:, :, None]
     with mesh.phase("pv"):
         mesh.charge_compute(local.matmul_cycles(mesh, cb, t, n_rep, dt), macs=t * cb * n_rep)
-        o = jnp.einsum("cds,yctsr,ytcd->ycdr", head_mask, p, v.astype(F32))
+        pd = jnp.einsum("cds,yctsr->yctdr", head_mask, p)  # each dim slot takes its head's weights
+        o = jnp.einsum("yctdr,ytcd->ycdr", pd, v.astype(F32))
         o = _reduce(mesh, o, "y", "sum", None, cb * n_rep)
     return o[0]  # [C, cb, n_rep], replicated along Y
 

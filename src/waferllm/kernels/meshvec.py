@@ -24,15 +24,18 @@ def gemv_y_to_x(mesh: Mesh, x_y: jnp.ndarray, w: jnp.ndarray, algo: str = "ktree
     """MeshGEMV x[K_y] @ W[K_y, N_x] -> y[N_x]: x_y [R, kb], w [R, kb, C, nb] -> y_x [C, nb] (fp32)."""
     R, kb, C, nb = w.shape
     mesh.charge_compute(local.matmul_cycles(mesh, 1, kb, nb, _dt(w)), macs=kb * nb)
-    part = jnp.einsum("rk,rkcn->rcn", x_y.astype(w.dtype), w, preferred_element_type=F32)
+    part = jnp.einsum("rk,rkm->rm", x_y.astype(w.dtype), w.reshape(R, kb, C * nb),
+                      preferred_element_type=F32).reshape(R, C, nb)
     return noc.allreduce(mesh, part, "y", algo)[0]
 
 
 def gemv_x_to_y(mesh: Mesh, x_x: jnp.ndarray, w: jnp.ndarray, algo: str = "ktree") -> jnp.ndarray:
-    """MeshGEMV x[K_x] @ W[K_x, N_y] -> y[N_y]: x_x [C, nb], w [R, C, nb, kb] -> y_y [R, kb] (fp32)."""
-    R, C, nb, kb = w.shape
+    """MeshGEMV x[K_x] @ W[K_x, N_y] -> y[N_y]: x_x [C, nb], w [C, nb, R, kb] -> y_y [R, kb] (fp32)."""
+    C, nb, R, kb = w.shape
     mesh.charge_compute(local.matmul_cycles(mesh, 1, nb, kb, _dt(w)), macs=nb * kb)
-    part = jnp.einsum("cn,rcnk->rck", x_x.astype(w.dtype), w, preferred_element_type=F32)
+    # a batched GEMV per column with the (r, k) outputs flat: XLA's CPU dot is 5x faster this way
+    part = jnp.einsum("cn,cnm->cm", x_x.astype(w.dtype), w.reshape(C, nb, R * kb), preferred_element_type=F32)
+    part = part.reshape(C, R, kb).transpose(1, 0, 2)  # [R, C, kb] per-core partials
     return noc.allreduce(mesh, part, "x", algo)[:, 0]
 
 

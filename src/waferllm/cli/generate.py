@@ -1,0 +1,113 @@
+"""`waferllm generate`: run a real checkpoint on the simulated wafer, stream text, report predicted speed."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from contextlib import nullcontext
+
+from waferllm.cli import ArgError, add_device_args, device_from_args
+from waferllm.report.tables import fmt_bytes, fmt_time
+
+DEFAULT_PROMPT = "What is a wafer-scale computer? Answer in two sentences."
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("generate", help="generate text with a real model on the simulated wafer")
+    p.add_argument("--model", default="smollm2-135m", help="smollm2-135m, a .gguf file or a Hugging Face folder")
+    p.add_argument("--prompt", action="append", help="prompt text (repeat for several prompts)")
+    p.add_argument("--chat", action="store_true", help="apply the checkpoint's chat template")
+    p.add_argument("--system", default=None, help="system message for --chat")
+    add_device_args(p)
+    p.add_argument("--grid", default="auto", help="decode grid ROWSxCOLS per layer region, or auto")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (a list for several prompts)")
+    p.set_defaults(func=run)
+
+
+def sampling_from_args(args):
+    from waferllm.engine.sampling import SamplingParams
+
+    return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, seed=args.seed, stop=tuple(args.stop))
+
+
+def _status(msg: str, quiet: bool):
+    if quiet or not sys.stderr.isatty():
+        return nullcontext()
+    from rich.console import Console
+
+    return Console(stderr=True).status(msg)
+
+
+def run(args) -> int:
+    from waferllm.engine.generate import Engine
+    from waferllm.engine.textgen import generate_text, prompt_ids
+    from waferllm.model import load_model
+
+    params = sampling_from_args(args)  # checks ranges before any loading
+    spec = device_from_args(args)
+    prompts = args.prompt or [DEFAULT_PROMPT]
+    with _status(f"loading {args.model}", args.json):
+        cfg, weights, tok = load_model(args.model)
+    ids = [prompt_ids(tok, p, chat=args.chat, system=args.system) for p in prompts]
+    if min(len(i) for i in ids) == 0:
+        raise ArgError("empty prompt: give some text with --prompt")
+    need = max(len(i) for i in ids) + params.max_new_tokens
+    with _status(f"placing {cfg.name} on {spec.name}", args.json):
+        engine = Engine(cfg, weights, spec, grid=args.grid, dtype=args.dtype,
+                        max_tokens=64 * math.ceil(need / 64), tokenizer=tok)
+    for i in ids:
+        engine.check_capacity(len(i), params.max_new_tokens)  # all prompts checked before any work
+    outs = []
+    for i, p in zip(ids, prompts):
+        if not args.json:
+            print(p if not args.chat else f"[chat] {p}", end="\n---\n", flush=True)
+        res = generate_text(engine, i, params, on_text=None if args.json else _echo)
+        outs.append(_result_json(engine, args, res))
+        if not args.json:
+            print("\n---")
+            _print_stats(engine, res)
+    if args.json:
+        print(json.dumps(outs[0] if len(outs) == 1 else outs, indent=2))
+    return 0
+
+
+def _echo(text: str) -> None:
+    print(text, end="", flush=True)
+
+
+def _result_json(engine, args, res) -> dict:
+    plan, led = engine.plan, engine.ledger
+    return {
+        "model": engine.cfg.name, "device": engine.spec.name, "grid": plan.grid, "dtype": engine.dtype,
+        "prompt_token_ids": res.prompt_token_ids, "token_ids": res.token_ids, "text": res.text,
+        "finish_reason": res.finish_reason, "wall_s": res.wall_s,
+        "predicted": {"ttft_s": res.timing.ttft_s, "tpot_s": res.timing.tpot_s,
+                      "decode_tokens_per_s": res.timing.decode_tokens_per_s},
+        "peak_core_bytes": max(plan.peak_core_bytes, led.peak_core_bytes), "routes_per_core": led.routes_per_core,
+        "plan": {"layers_per_region": plan.layers_per_region, "layer_regions": plan.layer_regions,
+                 "lm_regions": plan.lm_regions, "wafers": plan.wafers, "head_layout":
+                 "aligned" if plan.heads.aligned else "flat"},
+        "kv": {"policy": "shift", "capacity_tokens": plan.kv_capacity_tokens()["shift"],
+               "used_tokens": len(res.prompt_token_ids) + len(res.token_ids)},
+    }
+
+
+def _print_stats(engine, res) -> None:
+    plan, t = engine.plan, res.timing
+    n = len(res.token_ids)
+    print(f"simulation: {n} tokens in {res.wall_s:.2f} s wall ({n / max(res.wall_s, 1e-9):.1f} tok/s)")
+    print(f"predicted on {engine.spec.name}: TTFT {fmt_time(t.ttft_s)}, TPOT {fmt_time(t.tpot_s)}, "
+          f"{t.decode_tokens_per_s:,.0f} decode tok/s")
+    print(f"decode grid {plan.grid} x {plan.layer_regions} regions ({plan.layers_per_region} layer/region) + "
+          f"{plan.lm_regions} LM-head regions on {plan.wafers} wafer(s); peak "
+          f"{fmt_bytes(max(plan.peak_core_bytes, engine.ledger.peak_core_bytes))}/core of "
+          f"{fmt_bytes(engine.spec.sram_bytes_per_core)}, {engine.ledger.routes_per_core} routes/core")
