@@ -19,7 +19,7 @@ from waferllm.engine.cost import step_ledger
 from waferllm.engine.decode import DecodeProgram, make_decode_step
 from waferllm.engine.placement import DecodePlan, auto_grid, plan_decode
 from waferllm.engine.sampling import SamplingParams, sample
-from waferllm.engine.tiles import DTYPES, mesh_weights
+from waferllm.engine.tiles import DTYPES, mesh_weights, shard_cache, shard_weights
 from waferllm.machine import Ledger
 from waferllm.model.config import ModelConfig
 from waferllm.model.weights import ModelWeights
@@ -58,7 +58,7 @@ class Engine:
     """A model placed on a device: weights tiled on the decode grid, a jitted decode step, a cost model."""
 
     def __init__(self, cfg: ModelConfig, weights: ModelWeights, spec: DeviceSpec, *, grid: str = "auto",
-                 dtype: str = "float32", max_tokens: int = 512, tokenizer=None):
+                 dtype: str = "float32", max_tokens: int = 512, tokenizer=None, devices=None):
         if dtype not in DTYPES:
             raise WaferError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
         self.cfg, self.spec, self.dtype, self.tokenizer = cfg, spec, dtype, tokenizer
@@ -66,6 +66,9 @@ class Engine:
         self.plan: DecodePlan = plan_decode(cfg, spec, rc, dtype)
         self.prog = DecodeProgram(cfg=cfg, plan=self.plan, spec=spec)
         self.weights = mesh_weights(cfg, weights, self.plan)
+        self.devices = devices  # a jax.sharding.Mesh with axes (gy, gx) over the grid, or None
+        if devices is not None:
+            self.weights = shard_weights(self.weights, devices)
         self.max_tokens = max_tokens
         self.slots = math.ceil(max_tokens / self.plan.rows)
         self._step = make_decode_step(self.prog)
@@ -88,6 +91,8 @@ class Engine:
         p = self.plan
         shape = (p.rows, self.slots, p.cols, p.heads.cb)
         z = [jnp.zeros(shape, DTYPES[self.dtype]) for _ in range(2 * self.cfg.n_layers)]
+        if self.devices is not None:
+            z = [shard_cache(c, self.devices) for c in z]
         return tuple(z[: self.cfg.n_layers]), tuple(z[self.cfg.n_layers:])
 
     def decode_one_token(self, caches, token: int, n: int):

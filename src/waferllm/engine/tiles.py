@@ -104,3 +104,38 @@ def mesh_weights(cfg: ModelConfig, weights: ModelWeights, plan: DecodePlan) -> M
     emb = lm_j if tied else jnp.asarray(vocab_tiles(weights.tok_emb.T, plan), dt)
     return MeshWeights(layers=layers, lm_head=lm_j, embed=emb,
                        final_norm=jnp.asarray(_split_rows(weights.final_norm, plan.rows, plan.kb), jnp.float32))
+
+
+# grid axes of every tile array: which array axis runs over core rows (gy) and columns (gx)
+_GRID_AXES = {"attn_norm": (0, None), "ffn_norm": (0, None), "wqkv": (0, 2), "bqkv": (None, 0), "wo": (2, 0),
+              "wgu": (0, 2), "wdown": (2, 0)}
+
+
+def _spec(ndim: int, gy: int | None, gx: int | None):
+    from jax.sharding import PartitionSpec as P
+
+    axes = [None] * ndim
+    if gy is not None:
+        axes[gy] = "gy"
+    if gx is not None:
+        axes[gx] = "gx"
+    return P(*axes)
+
+
+def shard_weights(mw: MeshWeights, dmesh) -> MeshWeights:
+    """Spread every tile array over a device mesh along its grid axes (the LM head along rows only)."""
+    from jax.sharding import NamedSharding
+
+    def put(a, gy, gx):
+        return jax.device_put(a, NamedSharding(dmesh, _spec(a.ndim, gy, gx)))
+
+    layers = tuple({k: put(v, *_GRID_AXES[k]) for k, v in lw.items()} for lw in mw.layers)
+    return MeshWeights(layers=layers, final_norm=put(mw.final_norm, 0, None), lm_head=put(mw.lm_head, 0, None),
+                       embed=put(mw.embed, 0, None))
+
+
+def shard_cache(c: jax.Array, dmesh) -> jax.Array:
+    """A KV cache [R, T, C, cb] over the device mesh (rows on gy, columns on gx)."""
+    from jax.sharding import NamedSharding
+
+    return jax.device_put(c, NamedSharding(dmesh, _spec(c.ndim, 0, 2)))
