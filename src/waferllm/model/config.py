@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -60,7 +60,7 @@ class ModelConfig:
     qkv_bias: bool = False
     tie_embeddings: bool = False
     bos_token_id: int | None = None
-    eos_token_ids: tuple[int, ...] = field(default=())
+    eos_token_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -139,7 +139,7 @@ class ModelConfig:
                 max_seq_len=int(cfg.get("max_position_embeddings", 2048)),
                 qkv_bias=arch == "qwen2",
                 tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-                bos_token_id=cfg.get("bos_token_id"),
+                bos_token_id=_opt_int(cfg.get("bos_token_id")),
                 eos_token_ids=_int_tuple(cfg.get("eos_token_id")),
             )
         except KeyError as err:
@@ -160,6 +160,13 @@ def dtype_bytes(dtype: str) -> float:
         return DTYPE_BYTES[dtype.lower()]
     except KeyError:
         raise ModelError(f"unknown dtype {dtype!r}; known: {known_list(DTYPE_BYTES)}") from None
+
+
+def _opt_int(value: Any) -> int | None:
+    """An int, or None; a list (some configs list several) gives its first."""
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    return None if value is None else int(value)
 
 
 def _int_tuple(value: Any) -> tuple[int, ...]:

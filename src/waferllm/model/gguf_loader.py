@@ -80,11 +80,9 @@ def load_gguf(path: str | Path):
 
 
 def unpermute_qk_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
-    """Undo llama.cpp's Q/K row permutation on an [out, in] matrix (or [out] bias).
-
-    llama.cpp's converter reorders each head's rows from (half, pair) to (pair, half), so that
-    its interleaved RoPE rotates (x[2i], x[2i+1]); HF rotates (x[i], x[i + hd/2]).
-    """
+    """Undo llama.cpp's Q/K row permutation on an [out, in] matrix (or [out] bias), per head."""
+    # llama.cpp's converter reorders each head's rows from (half, pair) to (pair, half) so that its
+    # interleaved RoPE rotates (x[2i], x[2i+1]); HF's rotate-half RoPE pairs (x[i], x[i + hd/2]).
     rows = w.shape[0]
     half = rows // n_heads // 2
     return w.reshape(n_heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)

@@ -1,8 +1,7 @@
-"""Reference forward pass in plain JAX (float32): the oracle the mesh engine is checked against.
+"""Reference forward pass in plain JAX, float32: the oracle the mesh engine is checked against."""
 
-x = tok_emb[ids]; per layer: x += attn(rmsnorm(x)); x += swiglu(rmsnorm(x)); logits = rmsnorm(x) @ lm_head.
-Attention is GQA with rotate-half RoPE and a causal mask; a KV cache makes greedy decoding cheap.
-"""
+# x = tok_emb[ids]; per layer: x += attn(rmsnorm(x)); x += swiglu(rmsnorm(x)); logits = rmsnorm(x) @ lm_head.
+# Attention is GQA with rotate-half RoPE and a causal mask; a KV cache makes greedy decoding cheap.
 
 from __future__ import annotations
 
@@ -126,12 +125,14 @@ def forward_step(config: ModelConfig, weights: ModelWeights, token_ids: Sequence
     x = jnp.asarray(weights.tok_emb[ids])  # [T, D]
     layers, final_norm, lm_head = _device_weights(weights)
     ks, vs = [], []
-    for i, layer in enumerate(layers):
-        x, k, v = _layer(x, layer, cos, sin, cache.k[i], cache.v[i], jnp.int32(start),
-                         n_heads=config.n_heads, n_kv_heads=config.n_kv_heads, eps=float(config.norm_eps))
-        ks.append(k)
-        vs.append(v)
-    logits = rmsnorm(x, final_norm, config.norm_eps) @ lm_head
+    # An oracle must not use TF32/bf16 matmul passes, which some accelerators default to for float32.
+    with jax.default_matmul_precision("highest"):
+        for i, layer in enumerate(layers):
+            x, k, v = _layer(x, layer, cos, sin, cache.k[i], cache.v[i], jnp.int32(start),
+                             n_heads=config.n_heads, n_kv_heads=config.n_kv_heads, eps=float(config.norm_eps))
+            ks.append(k)
+            vs.append(v)
+        logits = rmsnorm(x, final_norm, config.norm_eps) @ lm_head
     return logits, KVCache(k=tuple(ks), v=tuple(vs), length=start + len(ids))
 
 

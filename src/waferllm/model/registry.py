@@ -8,7 +8,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from waferllm.model.config import ModelConfig
 from waferllm.model.errors import ModelError, known_list
 from waferllm.model.presets import PRESETS
 

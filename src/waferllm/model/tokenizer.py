@@ -153,9 +153,10 @@ def _byte_level_bpe(tokens: list[str], merges: list[str], types: list[int], pre:
                                                                                   use_regex=False)])
     backend.decoder = decoders.ByteLevel()
     # Control tokens spelled outside the byte alphabet are llama.cpp mislabels; transformers skips them.
-    control = [t for t, k in zip(tokens, types) if k == CONTROL and set(t) <= alphabet]
+    # Files without token types get no added tokens (zip stops at the shorter list), as in transformers.
+    control = [t for t, k in zip(tokens, types, strict=False) if k == CONTROL and set(t) <= alphabet]
     backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in control])
-    user = [t for t, k in zip(tokens, types) if k == USER_DEFINED and t in vocab]
+    user = [t for t, k in zip(tokens, types, strict=False) if k == USER_DEFINED and t in vocab]
     backend.add_tokens([AddedToken(t, normalized=False, special=False) for t in user])
     return backend
 
@@ -167,7 +168,7 @@ def _set_post_processor(backend, bos: int | None, eos: int | None) -> None:
     bos_text = [] if bos is None else [backend.id_to_token(int(bos))]
     eos_text = [] if eos is None else [backend.id_to_token(int(eos))]
     ids = [int(x) for x in (bos, eos) if x is not None]
-    specials = list(dict(zip(bos_text + eos_text, ids)).items())
+    specials = list(dict(zip(bos_text + eos_text, ids, strict=True)).items())
     single = bos_text + ["$A:0"] + eos_text
     backend.post_processor = processors.TemplateProcessing(single=single, special_tokens=specials)
 
@@ -184,7 +185,7 @@ def bytes_to_unicode() -> dict[int, str]:
             keep.append(b)
             chars.append(256 + extra)
             extra += 1
-    return {b: chr(c) for b, c in zip(keep, chars)}
+    return {b: chr(c) for b, c in zip(keep, chars, strict=True)}
 
 
 def _read_json(path: Path) -> dict:
