@@ -23,12 +23,18 @@ from waferllm.machine.rings import ring_pos
 GEMM_ALGOS = ("meshgemm", "summa", "cannon")
 
 
-def gemm(mesh: Mesh, a, b, algo: str = "meshgemm", *, trace: list | None = None) -> Array:
-    """A[M_y, K_x] @ B[K_y, N_x] -> C[M_y, N_x] with the named algorithm (meshgemm | cannon | summa)."""
+def gemm(mesh: Mesh, a, b, algo: str = "meshgemm", *, b_on_device: bool = False, trace: list | None = None) -> Array:
+    """A[M_y, K_x] @ B[K_y, N_x] -> C[M_y, N_x] with the named algorithm (meshgemm | cannon | summa).
+
+    A leading batch axis ([H, M, K] @ [H, K, N]) runs H products in the same steps (attention heads).
+    b_on_device: B was produced on the mesh (V in S.V), so MeshGEMM must skew it on the device too.
+    """
     if algo not in GEMM_ALGOS:
         raise ValueError(f"unknown GEMM algorithm {algo!r}; known: {', '.join(GEMM_ALGOS)}")
     with mesh.phase(algo):
-        return summa(mesh, a, b, trace) if algo == "summa" else _cannon(mesh, a, b, algo, trace)
+        if algo == "summa":
+            return summa(mesh, a, b, trace)
+        return _cannon(mesh, a, b, algo, trace, b_on_device)
 
 
 # --- Cannon family -----------------------------------------------------------
@@ -37,6 +43,19 @@ def _ring_positions(mesh: Mesh, kind: str) -> tuple[np.ndarray, np.ndarray]:
     if kind == "interleaved":
         return ring_pos(mesh.rows), ring_pos(mesh.cols)
     return np.arange(mesh.rows), np.arange(mesh.cols)
+
+
+def _batched(place, mesh: Mesh, a, b, *args):
+    """Apply a 2D placement to each batch element ([H, M, K]); tiles get the batch axis after the stack axis."""
+    if a.ndim == 2:
+        return place(mesh, a, b, *args)
+    if is_abstract(a):
+        S = jax.ShapeDtypeStruct
+        ta, tb = place(mesh, S(a.shape[1:], a.dtype), S(b.shape[1:], b.dtype), *args)
+        ins = lambda t: S(t.shape[:3] + (a.shape[0],) + t.shape[3:], t.dtype)  # noqa: E731
+        return ins(ta), ins(tb)
+    parts = [place(mesh, a[i], b[i], *args) for i in range(a.shape[0])]
+    return jnp.stack([p[0] for p in parts], axis=3), jnp.stack([p[1] for p in parts], axis=3)
 
 
 def _place_cannon(mesh: Mesh, a, b, kind: str, host_skew_b: bool):
@@ -95,26 +114,30 @@ def _align(mesh: Mesh, x: Array, axis: str, kind: str, need: np.ndarray, shortes
     return x
 
 
-def _cannon(mesh: Mesh, a, b, algo: str, trace) -> Array:
-    """Compute-shift GEMM. meshgemm: interleaved rings (<= 2 hops), B pre-skewed on the host, A aligned on
-    device the shorter way; cannon: rings with the wrap-around edge, both operands aligned on device."""
+def _cannon(mesh: Mesh, a, b, algo: str, trace, b_on_device: bool = False) -> Array:
+    """Compute-shift GEMM. meshgemm: interleaved rings (<= 2 hops), B pre-skewed on the host (unless it was
+    made on the device), A aligned on device the shorter way; cannon: rings with the wrap-around edge,
+    both operands aligned on device."""
     kind = "interleaved" if algo == "meshgemm" else "wrap"
     R, C = mesh.shape
     L = math.lcm(R, C)
     sA, sB = L // C, L // R
-    M, N = a.shape[0], b.shape[1]
-    at, bt = _place_cannon(mesh, a, b, kind, host_skew_b=(algo == "meshgemm"))
-    mb, kb, nb = at.shape[3], at.shape[4], bt.shape[4]
+    M, N = a.shape[-2], b.shape[-1]
+    host_skew = algo == "meshgemm" and not b_on_device
+    at, bt = _batched(_place_cannon, mesh, a, b, kind, host_skew)
+    mb, kb, nb = at.shape[-2], at.shape[-1], bt.shape[-1]
     pos_y, pos_x = _ring_positions(mesh, kind)
     abstract = is_abstract(at)
     acc_dt = jnp.float32 if np.dtype(at.dtype) == np.float32 else at.dtype
-    ct = local.zeros(mesh, (mb, nb), acc_dt, abstract)
-    with mesh.hold(a=at, b=bt, c=ct, a_buf=mb * kb * _isz(at), b_buf=kb * nb * _isz(bt)), \
+    batch = at.shape[3:-2]
+    ct = local.zeros(mesh, batch + (mb, nb), acc_dt, abstract)
+    nbat = int(np.prod(batch))
+    with mesh.hold(a=at, b=bt, c=ct, a_buf=nbat * mb * kb * _isz(at), b_buf=nbat * kb * nb * _isz(bt)), \
             mesh.routes(f"{kind} ring x", 2), mesh.routes(f"{kind} ring y", 2):
         _snap(trace, "placed-a", at), _snap(trace, "placed-b", bt)
         at = _align(mesh, at, "x", kind, pos_y * sB, algo == "meshgemm", trace, "a")
-        if algo == "cannon":  # textbook Cannon also skews B on the device: column x up by pos_x * sA
-            bt = _align(mesh, bt, "y", kind, pos_x * sA, False, trace, "b")
+        if not host_skew:  # textbook Cannon, or a B made on the device: skew it on the device too
+            bt = _align(mesh, bt, "y", kind, pos_x * sA, algo == "meshgemm", trace, "b")
         with mesh.phase("compute-shift"):
             for t in mesh.repeat(L, abstract):
                 with mesh.step():
@@ -123,8 +146,11 @@ def _cannon(mesh: Mesh, a, b, algo: str, trace) -> Array:
                     bt = _stack_shift(mesh, bt, "y", kind, -1)
                 _snap(trace, f"step-{t}", ct)
     if abstract:
-        return jax.ShapeDtypeStruct((M, N), ct.dtype)
+        return jax.ShapeDtypeStruct(a.shape[:-2] + (M, N), ct.dtype)
     order = "ring" if kind == "interleaved" else "natural"
+    if a.ndim == 3:
+        return jnp.stack([layout.gather(mesh, ct[:, :, i], (M, N), row_order=order, col_order=order)
+                          for i in range(a.shape[0])])
     return layout.gather(mesh, ct, (M, N), row_order=order, col_order=order)
 
 
@@ -210,32 +236,44 @@ def gemm_t(mesh: Mesh, a, b, *, trace: list | None = None) -> Array:
     R, C = mesh.shape
     L = math.lcm(R, C)
     sB, sC = L // R, L // C
-    M, K = a.shape
-    N = b.shape[0]
+    M, K = a.shape[-2:]
+    N = b.shape[-2]
     with mesh.phase("gemm_t"):
-        at = layout.scatter(mesh, a, row_order="ring", col_order="ring")  # [R, C, mb, kb]
-        bt = _place_gemm_t_b(mesh, b, sB)  # [R, C, sB, nb, kb]
-        mb, kb, nb = at.shape[2], at.shape[3], bt.shape[3]
+        at, bt = _batched(_place_gemm_t, mesh, a, b, sB)  # [R, C, 1, (H,) mb, kb], [R, C, sB, (H,) nb, kb]
+        at = local.take_slot(at, 0)
+        mb, kb, nb = at.shape[-2], at.shape[-1], bt.shape[-2]
+        batch = at.shape[2:-2]
         abstract = is_abstract(at)
-        ct = local.zeros(mesh, (sC, mb, nb), jnp.float32 if np.dtype(at.dtype) == np.float32 else at.dtype, abstract)
+        ct = local.zeros(mesh, (sC,) + batch + (mb, nb), jnp.float32 if np.dtype(at.dtype) == np.float32 else at.dtype,
+                         abstract)
+        nbat = int(np.prod(batch))
         pos_y, pos_x = ring_pos(R), ring_pos(C)
         eb = _isz(at)
-        with mesh.hold(a=at, b=bt, c=ct, b_buf=nb * kb * eb, partial=mb * nb * 4), \
+        with mesh.hold(a=at, b=bt, c=ct, b_buf=nbat * nb * kb * eb, partial=nbat * mb * nb * 4), \
                 mesh.routes("interleaved ring y", 2), mesh.routes("reduce chain x", 2):
             for t in mesh.repeat(L, abstract):
                 with mesh.phase("compute-shift-reduce"), mesh.step():
                     part = local.matmul(mesh, at, local.take_slot(bt, 0), trans_b=True)  # [R, C, mb, nb]
-                    relay = mesh.spec.relay_cycles_per_element * mb * nb if C > 1 else 0.0
+                    relay = mesh.spec.relay_cycles_per_element * nbat * mb * nb if C > 1 else 0.0
                     mesh.charge_comm(relay)
                     ct = _reduce_into_owner(mesh, ct, part, (pos_y * sB + t) % L, sC, pos_x)
                     bt = _stack_shift(mesh, bt, "y", "interleaved", -1)
                 _snap(trace, f"step-{t}", ct)
             with mesh.phase("drain"):  # the last partial still has to cross the row
-                mesh.charge_comm(noc.chain_cycles(mesh, mb * nb, 4, C - 1, C - 1) if C > 1 else 0.0,
+                mesh.charge_comm(noc.chain_cycles(mesh, nbat * mb * nb, 4, C - 1, C - 1) if C > 1 else 0.0,
                                  hops=C - 1, stages=C - 1)
     if abstract:
-        return jax.ShapeDtypeStruct((M, N), ct.dtype)
+        return jax.ShapeDtypeStruct(a.shape[:-2] + (M, N), ct.dtype)
+    if a.ndim == 3:
+        return jnp.stack([_gather_stacked_c(mesh, ct[:, :, :, i], M, N) for i in range(a.shape[0])])
     return _gather_stacked_c(mesh, ct, M, N)
+
+
+def _place_gemm_t(mesh: Mesh, a, b, sB: int):
+    """A[M, K] in ring order on both axes (as a 1-stack), B[N, K] as stacks of N blocks along Y."""
+    at = layout.scatter(mesh, a, row_order="ring", col_order="ring")
+    at = jax.ShapeDtypeStruct(at.shape[:2] + (1,) + at.shape[2:], at.dtype) if is_abstract(at) else at[:, :, None]
+    return at, _place_gemm_t_b(mesh, b, sB)
 
 
 def _place_gemm_t_b(mesh: Mesh, b, sB: int) -> Array:
@@ -260,7 +298,8 @@ def _reduce_into_owner(mesh: Mesh, ct, part, n_of_row, sC: int, pos_x):
     total = noc._chain(jnp.moveaxis(part, 1, 0), "sum")  # [R, mb, nb], summed along the row
     owner = (pos_x[None, :] == (n_of_row // sC)[:, None])  # [R, C]
     slot = (np.arange(sC)[None, :] == (n_of_row % sC)[:, None])  # [R, sC]
-    mask = jnp.asarray((owner[:, :, None] & slot[:, None, :])[..., None, None])
+    m = owner[:, :, None] & slot[:, None, :]
+    mask = jnp.asarray(m.reshape(m.shape + (1,) * (ct.ndim - 3)))
     return ct + jnp.where(mask, total[:, None, None].astype(ct.dtype), 0)
 
 
