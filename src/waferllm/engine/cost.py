@@ -34,23 +34,24 @@ def weight_structs(prog: DecodeProgram) -> dict:
     return layer
 
 
-def layer_ledger(prog: DecodeProgram, n: int, slots: int) -> Ledger:
-    """Cost of one layer with n tokens already cached (KV arrays of `slots` per row)."""
-    return _layer_ledger(prog, n, slots)
+def layer_ledger(prog: DecodeProgram, n: int, slots: int, p: int = 0) -> Ledger:
+    """Cost of one layer with n tokens already cached, p from the prefill (KV arrays of `slots` per row)."""
+    return _layer_ledger(prog, n, slots, p)
 
 
 _CACHE: dict[tuple, Ledger] = {}
 
 
-def _layer_ledger_cached(prog: DecodeProgram, t_row: int, moves: bool, slots: int, n_example: int) -> Ledger:
+def _layer_ledger_cached(prog: DecodeProgram, t_row: int, moves: bool, slots: int, n_example: int,
+                         p: int) -> Ledger:
     """Charges depend on n only through the busiest row's tokens and whether rows shift: cache on those."""
     key = (id(prog), t_row, moves, slots)
     if key not in _CACHE:
-        _CACHE[key] = _trace_layer(prog, slots, n_example)
+        _CACHE[key] = _trace_layer(prog, slots, n_example, p)
     return _CACHE[key]
 
 
-def _trace_layer(prog: DecodeProgram, slots: int, n_example: int) -> Ledger:
+def _trace_layer(prog: DecodeProgram, slots: int, n_example: int, p: int) -> Ledger:
     led = Ledger(clock_hz=prog.spec.clock_hz)
     mesh = prog.mesh(led)
     p = prog.plan
@@ -58,16 +59,25 @@ def _trace_layer(prog: DecodeProgram, slots: int, n_example: int) -> Ledger:
     cache = jax.ShapeDtypeStruct((p.rows, slots, p.cols, p.heads.cb), dt)
     x = jax.ShapeDtypeStruct((p.rows, p.kb), jnp.float32)
     with mesh.hold(**{k: v for k, v in p.breakdown.items()}), _routes(mesh):
-        jax.eval_shape(lambda w, kc, vc, x: prog.layer(mesh, w, kc, vc, x, 0, n_example, n_cost=n_example),
+        jax.eval_shape(lambda w, kc, vc, x: prog.layer(mesh, w, kc, vc, x, 0, n_example, n_cost=n_example, p=p,
+                                                       p_cost=p),
                        weight_structs(prog), cache, cache, x)
     return led
 
 
-def _layer_ledger(prog: DecodeProgram, n: int, slots: int) -> Ledger:
+def _key(prog: DecodeProgram, n: int, p: int) -> tuple[int, bool]:
+    """(busiest row after inserting token n, whether the shift policy moves rows)."""
+    from waferllm.engine import kv
+
     R = prog.plan.rows
     q, rem = divmod(n, R)
-    moves = q > 0 and rem < R - 1
-    return _layer_ledger_cached(prog, math.ceil((n + 1) / R), moves, max(slots, math.ceil((n + 1) / R)), n)
+    moves = prog.policy == "shift" and q > 0 and rem < R - 1
+    return kv.busiest_row(prog.policy, n, p, R), moves
+
+
+def _layer_ledger(prog: DecodeProgram, n: int, slots: int, p: int = 0) -> Ledger:
+    t_row, moves = _key(prog, n, p)
+    return _layer_ledger_cached(prog, t_row, moves, max(slots, t_row), n, p)
 
 
 class _routes:
@@ -118,20 +128,18 @@ def head_ledger(prog: DecodeProgram) -> Ledger:
     return led
 
 
-def step_ledger(prog: DecodeProgram, n: int, slots: int = 0) -> Ledger:
+def step_ledger(prog: DecodeProgram, n: int, slots: int = 0, p: int = 0) -> Ledger:
     """The whole decode step with n tokens cached before this one (cached on what the cost depends on)."""
-    R = prog.plan.rows
-    q, rem = divmod(n, R)
-    key = ("step", id(prog), math.ceil((n + 1) / R), q > 0 and rem < R - 1, slots)
+    key = ("step", id(prog)) + _key(prog, n, p) + (slots,)
     if key not in _CACHE:
-        _CACHE[key] = _step_ledger(prog, n, slots)
+        _CACHE[key] = _step_ledger(prog, n, slots, p)
     return _CACHE[key]
 
 
-def _step_ledger(prog: DecodeProgram, n: int, slots: int) -> Ledger:
+def _step_ledger(prog: DecodeProgram, n: int, slots: int, p_tokens: int) -> Ledger:
     led = Ledger(clock_hz=prog.spec.clock_hz)
     p = prog.plan
     led.merge(head_ledger(prog), "decode/")
-    led.merge(layer_ledger(prog, n, slots), "decode/layer/", times=prog.cfg.n_layers)
+    led.merge(layer_ledger(prog, n, slots, p_tokens), "decode/layer/", times=prog.cfg.n_layers)
     led.merge(handover_ledger(prog), "decode/", times=p.layer_regions + p.lm_regions - 1)
     return led

@@ -35,6 +35,7 @@ class DecodeProgram:
     cfg: ModelConfig
     plan: DecodePlan
     spec: DeviceSpec
+    policy: str = "shift"  # KV cache policy: shift | concat
 
     @property
     def freq(self) -> np.ndarray:
@@ -48,11 +49,15 @@ class DecodeProgram:
         return Mesh(self.spec, self.plan.rows, self.plan.lm_cols, ledger=ledger, limits=False, check_fit=False)
 
     # --- one layer -------------------------------------------------------------
-    def layer(self, mesh: Mesh, w: dict, kc, vc, x, pos, n, n_cost: int | None = None):
-        """x_y [R, kb] through one decoder layer; inserts this token's K/V into kc, vc [R, T, C, cb]."""
+    def layer(self, mesh: Mesh, w: dict, kc, vc, x, pos, n, n_cost: int | None = None, p=0, p_cost: int = 0):
+        """x_y [R, kb] through one decoder layer; inserts this token's K/V into kc, vc [R, T, C, cb].
+
+        n: tokens cached before this one (p of them came from the prefill); n_cost/p_cost: the same as
+        Python ints when costing (the charged attention work follows the busiest row).
+        """
         cfg, h = self.cfg, self.plan.heads
         C, cb, rep = self.plan.cols, h.cb, h.n_rep
-        t_row = kc.shape[1] if n_cost is None else math.ceil((n_cost + 1) / mesh.rows)
+        t_row = kc.shape[1] if n_cost is None else kv.busiest_row(self.policy, n_cost, p_cost, mesh.rows)
         with mesh.phase("attn_norm"):
             xn = rmsnorm_y(mesh, x, w["attn_norm"], cfg.dim, cfg.norm_eps)
         with mesh.phase("qkv"):
@@ -66,10 +71,10 @@ class DecodeProgram:
             cos, sin = jnp.cos(pos * self.freq), jnp.sin(pos * self.freq)  # tables resident per core
             q, k = rope_pairs(q, cos, sin), rope_pairs(k, cos, sin)
         with mesh.phase("kv_insert"):
-            kv.charge_shift(mesh, 0 if n_cost is None else n_cost, cb, jnp.dtype(kc.dtype).itemsize)
-            kc, vc = kv.shift_insert(kc, k, n), kv.shift_insert(vc, v, n)
+            kv.charge_insert(mesh, self.policy, 0 if n_cost is None else n_cost, cb, jnp.dtype(kc.dtype).itemsize)
+            kc, vc = kv.insert(self.policy, kc, k, n, p), kv.insert(self.policy, vc, v, n, p)
         with mesh.phase("attention"):
-            valid = kv.valid_mask(n + 1, mesh.rows, kc.shape[1])
+            valid = kv.policy_valid(self.policy, n + 1, p, mesh.rows, kc.shape[1])
             o = decode_attention(mesh, q, kc, vc, valid, jnp.asarray(h.head_mask()), scale=cfg.head_dim ** -0.5,
                                  segment=h.segment, tokens_per_row=t_row)
         with mesh.phase("o_proj"):
@@ -130,12 +135,12 @@ def make_decode_step(prog: DecodeProgram):
     """jit(token, pos, n, caches, weights) -> (next greedy token, logits_x, caches): one full step."""
     scratch = Ledger(clock_hz=prog.spec.clock_hz)
 
-    def step(mw: MeshWeights, kcs, vcs, token, pos, n):
+    def step(mw: MeshWeights, kcs, vcs, token, pos, n, p):
         mesh, lm = prog.mesh(scratch), prog.lm_mesh(scratch)
         x = prog.embed(lm, mw, token)
         ks, vs = [], []
         for w, kc, vc in zip(mw.layers, kcs, vcs):  # unrolled: each layer's tiles are read where they live
-            x, kc, vc = prog.layer(mesh, w, kc, vc, x, pos, n)
+            x, kc, vc = prog.layer(mesh, w, kc, vc, x, pos, n, p=p)
             ks.append(kc)
             vs.append(vc)
         logits = prog.head(lm, mw, x)

@@ -95,11 +95,12 @@ class Engine:
             z = [shard_cache(c, self.devices) for c in z]
         return tuple(z[: self.cfg.n_layers]), tuple(z[self.cfg.n_layers:])
 
-    def decode_one_token(self, caches, token: int, n: int):
-        """Feed one token at position n (n tokens cached): (greedy next id, logits_x, caches, predicted_s)."""
+    def decode_one_token(self, caches, token: int, n: int, p: int = 0):
+        """Feed one token at position n (n tokens cached, p from a prefill): (greedy id, logits_x, caches, s)."""
         kc, vc = caches
-        nxt, logits, kc, vc = self._step(self.weights, kc, vc, jnp.int32(token), jnp.float32(n), jnp.int32(n))
-        led = step_ledger(self.prog, n, self.slots)
+        nxt, logits, kc, vc = self._step(self.weights, kc, vc, jnp.int32(token), jnp.float32(n), jnp.int32(n),
+                                         jnp.int32(p))
+        led = step_ledger(self.prog, n, self.slots, p)
         self.ledger.merge(led)
         return int(nxt), logits, (kc, vc), led.time_s
 

@@ -52,3 +52,74 @@ def charge_shift(mesh: Mesh, n: int, cb: int, elem_bytes: int) -> None:
     if q > 0 and rem < mesh.rows - 1:
         nbytes = 2 * cb * elem_bytes  # K and V slices travel on the same link
         mesh.charge_comm(noc.transfer_cycles(mesh, nbytes, 1), hops=1)
+
+
+# --- policies ------------------------------------------------------------------
+POLICIES = ("shift", "concat")
+
+
+def prompt_block(p, rows: int, xp=jnp):
+    """Tokens per row when a p-token prompt's K/V arrive from the prefill (sequence along Y, blocks)."""
+    return xp.maximum(1, (p + rows - 1) // rows)
+
+
+def _tail(p, rows: int, xp=jnp):
+    """The row owning the newest prompt token (the last row when there is no prefill)."""
+    return xp.where(p > 0, (xp.maximum(p, 1) - 1) // prompt_block(p, rows, xp), rows - 1)
+
+
+def concat_counts(n, p, rows: int, xp=jnp):
+    """Concat policy: the prompt in blocks; every later token appended to the tail row (the hotspot)."""
+    b = prompt_block(p, rows, xp)
+    y = xp.arange(rows)
+    base = xp.clip(p - y * b, 0, b)
+    return base + xp.where(y == _tail(p, rows, xp), n - p, 0)
+
+
+def counts(policy: str, n, p, rows: int, xp=jnp):
+    """Tokens on each row with n tokens cached (p of them from the prefill); xp=np for static ints."""
+    if policy == "shift":
+        q, rem = n // rows, n % rows
+        return q + (xp.arange(rows) < rem)
+    return concat_counts(n, p, rows, xp)
+
+
+def policy_valid(policy: str, n, p, rows: int, slots: int):
+    """[R, T] bool: slots holding tokens."""
+    return jnp.arange(slots)[None, :] < counts(policy, n, p, rows)[:, None]
+
+
+def concat_insert(cache, new, n, p):
+    """Append `new` [C, cb] at the tail row's next free slot."""
+    R, T = cache.shape[:2]
+    c = concat_counts(n, p, R)
+    tail = _tail(p, R)
+    put = (jnp.arange(R)[:, None] == tail) & (jnp.arange(T)[None, :] == c[tail])
+    return jnp.where(put[:, :, None, None], new.astype(cache.dtype)[None, None], cache)
+
+
+def insert(policy: str, cache, new, n, p):
+    return shift_insert(cache, new, n) if policy == "shift" else concat_insert(cache, new, n, p)
+
+
+def busiest_row(policy: str, n: int, p: int, rows: int) -> int:
+    """Tokens on the fullest row after inserting token n (static ints): it sets the attention's critical path."""
+    return int(np.max(counts(policy, n + 1, p, rows, np)))
+
+
+def charge_insert(mesh: Mesh, policy: str, n: int, cb: int, elem_bytes: int) -> None:
+    """Shift: one adjacent-row step when rows rebalance. Concat: the token is already on the tail row."""
+    if policy == "shift":
+        charge_shift(mesh, n, cb, elem_bytes)
+
+
+def place_prompt_kv(policy: str, kv_tokens: np.ndarray, rows: int, slots: int) -> np.ndarray:
+    """[P, C, cb] of one layer's prompt K (or V) -> cache [R, slots, C, cb] laid out as the policy keeps it."""
+    p = kv_tokens.shape[0]
+    cnt = counts(policy, p, p, rows, np)
+    out = np.zeros((rows, slots) + kv_tokens.shape[1:], kv_tokens.dtype)
+    start = 0
+    for y in range(rows):  # shift: oldest tokens on top; concat: blocks in sequence order
+        out[y, : cnt[y]] = kv_tokens[start:start + cnt[y]]
+        start += cnt[y]
+    return out
