@@ -47,11 +47,11 @@ def _layer_ledger_cached(prog: DecodeProgram, t_row: int, moves: bool, slots: in
     """Charges depend on n only through the busiest row's tokens and whether rows shift: cache on those."""
     key = (id(prog), t_row, moves, slots)
     if key not in _CACHE:
-        _CACHE[key] = _trace_layer(prog, slots, n_example, p)
+        _CACHE[key] = _trace_layer(prog, slots, n_example, p)  # p: prompt tokens from the prefill
     return _CACHE[key]
 
 
-def _trace_layer(prog: DecodeProgram, slots: int, n_example: int, p: int) -> Ledger:
+def _trace_layer(prog: DecodeProgram, slots: int, n_example: int, p_tokens: int) -> Ledger:
     led = Ledger(clock_hz=prog.spec.clock_hz)
     mesh = prog.mesh(led)
     p = prog.plan
@@ -59,8 +59,8 @@ def _trace_layer(prog: DecodeProgram, slots: int, n_example: int, p: int) -> Led
     cache = jax.ShapeDtypeStruct((p.rows, slots, p.cols, p.heads.cb), dt)
     x = jax.ShapeDtypeStruct((p.rows, p.kb), jnp.float32)
     with mesh.hold(**{k: v for k, v in p.breakdown.items()}), _routes(mesh):
-        jax.eval_shape(lambda w, kc, vc, x: prog.layer(mesh, w, kc, vc, x, 0, n_example, n_cost=n_example, p=p,
-                                                       p_cost=p),
+        jax.eval_shape(lambda w, kc, vc, x: prog.layer(mesh, w, kc, vc, x, 0, n_example, n_cost=n_example,
+                                                       p=p_tokens, p_cost=p_tokens),
                        weight_structs(prog), cache, cache, x)
     return led
 

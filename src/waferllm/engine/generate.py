@@ -11,16 +11,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from waferllm import WaferError
-from waferllm.engine.cost import step_ledger
+from waferllm.engine import handoff, kv
+from waferllm.engine.cost import head_ledger, step_ledger
 from waferllm.engine.decode import DecodeProgram, make_decode_step
 from waferllm.engine.placement import DecodePlan, auto_grid, plan_decode
 from waferllm.engine.sampling import SamplingParams, sample
+from waferllm.engine.prefill import PrefillProgram, prefill_weights, weight_shapes
 from waferllm.engine.tiles import DTYPES, mesh_weights, shard_cache, shard_weights
-from waferllm.machine import Ledger
+from waferllm.machine import Ledger, Mesh, parse_grid
 from waferllm.model.config import ModelConfig
 from waferllm.model.weights import ModelWeights
 from waferllm.spec import DeviceSpec
@@ -58,19 +61,33 @@ class Engine:
     """A model placed on a device: weights tiled on the decode grid, a jitted decode step, a cost model."""
 
     def __init__(self, cfg: ModelConfig, weights: ModelWeights, spec: DeviceSpec, *, grid: str = "auto",
-                 dtype: str = "float32", max_tokens: int = 512, tokenizer=None, devices=None):
+                 dtype: str = "float32", max_tokens: int = 512, tokenizer=None, devices=None,
+                 prefill_grid: str | None = "auto", kv_policy: str = "shift"):
         if dtype not in DTYPES:
             raise WaferError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
         self.cfg, self.spec, self.dtype, self.tokenizer = cfg, spec, dtype, tokenizer
         rc = auto_grid(cfg, spec, dtype, max_tokens) if grid == "auto" else grid
         self.plan: DecodePlan = plan_decode(cfg, spec, rc, dtype)
-        self.prog = DecodeProgram(cfg=cfg, plan=self.plan, spec=spec)
+        if kv_policy not in kv.POLICIES:
+            raise WaferError(f"unknown KV policy {kv_policy!r}; known: {', '.join(kv.POLICIES)}")
+        self.policy = kv_policy
+        self.prog = DecodeProgram(cfg=cfg, plan=self.plan, spec=spec, policy=kv_policy)
+        self.pre = None
+        if prefill_grid is not None:  # None: the prompt goes through the decode path token by token
+            pr, pc = (self.plan.rows, self.plan.cols) if prefill_grid == "auto" else parse_grid(prefill_grid)
+            Mesh(spec, pr, pc)  # the prefill grid must exist on the device
+            self.pre = PrefillProgram(cfg=cfg, spec=spec, rows=pr, cols=pc, dtype=dtype)
+            self.pre_weights = prefill_weights(cfg, weights, DTYPES[dtype])
+            self._pre_layer = jax.jit(lambda w, x: self.pre.layer(self.pre.mesh(Ledger(clock_hz=1.0)), w, x))
+            self._head = jax.jit(lambda mw, x: _head_argmax(self.prog, mw, x))
+        self.tok_emb = weights.tok_emb
         self.weights = mesh_weights(cfg, weights, self.plan)
         self.devices = devices  # a jax.sharding.Mesh with axes (gy, gx) over the grid, or None
         if devices is not None:
             self.weights = shard_weights(self.weights, devices)
         self.max_tokens = max_tokens
-        self.slots = math.ceil(max_tokens / self.plan.rows)
+        # the busiest row's worst case: shift spreads tokens evenly; concat piles them on the tail row
+        self.slots = math.ceil(max_tokens / self.plan.rows) if kv_policy == "shift" else max_tokens
         self._step = make_decode_step(self.prog)
         self.ledger = Ledger(clock_hz=spec.clock_hz)  # every costed step of the last generation
 
@@ -80,7 +97,9 @@ class Engine:
         need = n_prompt + max_new
         if n_prompt < 1:
             raise CapacityError("empty prompt: at least one token is needed")
-        if need > min(cap["shift"], self.max_tokens, self.cfg.max_seq_len):
+        p = n_prompt if self.pre is not None else 0
+        busiest = int(np.max(kv.counts(self.policy, need, p, self.plan.rows, np)))
+        if busiest > self.plan.kv_tokens_per_row or need > min(self.max_tokens, self.cfg.max_seq_len):
             raise CapacityError(f"prompt ({n_prompt} tokens) + max_new_tokens ({max_new}) = {need} tokens exceeds "
                                 f"the KV capacity of this plan: shift policy {cap['shift']}, concat policy "
                                 f"{cap['concat']} tokens (engine limit {self.max_tokens}, model context "
@@ -114,12 +133,15 @@ class Engine:
         timing = timing if timing is not None else Timing()
         self.ledger = Ledger(clock_hz=self.spec.clock_hz)
         rng = np.random.default_rng(params.seed)
-        caches = self.new_cache()
-        t = 0.0
-        for n, tok in enumerate(prompt_ids):  # the prompt, token by token (reference path)
-            nxt, logits, caches, dt = self.decode_one_token(caches, tok, n)
-            t += dt
-        timing.ttft_s = t
+        if self.pre is not None:
+            nxt, logits, caches, timing.ttft_s = self.prefill(prompt_ids)
+            p = len(prompt_ids)
+        else:
+            caches, t, p = self.new_cache(), 0.0, 0
+            for n, tok in enumerate(prompt_ids):  # the prompt, token by token (the reference path)
+                nxt, logits, caches, dt = self.decode_one_token(caches, tok, n)
+                t += dt
+            timing.ttft_s = t
         n = len(prompt_ids)
         eos = set(self.cfg.eos_token_ids) | set(getattr(self.tokenizer, "eos_ids", ()) or ())
         for i in range(params.max_new_tokens):
@@ -127,10 +149,60 @@ class Engine:
             yield TokenEvent(token_id=tok, predicted_s=timing.ttft_s if i == 0 else timing.decode_s[-1])
             if (tok in eos and not params.ignore_eos) or i == params.max_new_tokens - 1:
                 return
-            nxt, logits, caches, dt = self.decode_one_token(caches, tok, n)
+            nxt, logits, caches, dt = self.decode_one_token(caches, tok, n, p)
             timing.decode_s.append(dt)
             n += 1
 
+    def prefill(self, prompt_ids: Sequence[int]):
+        """The prompt on the prefill grid, hand-off to the decode grid, first token from the last position.
 
-def wall_clock() -> float:
-    return time.perf_counter()
+        Returns (greedy first token, logits_x, caches, predicted TTFT in seconds).
+        """
+        T = len(prompt_ids)
+        bucket = 32 * math.ceil(T / 32)  # padded tail rows never reach real ones (causal): fewer compiles
+        x = jnp.asarray(np.pad(self.tok_emb[np.asarray(prompt_ids)], ((0, bucket - T), (0, 0))))
+        ks, vs = [], []
+        for w in self.pre_weights:
+            x, k, v = self._pre_layer(w, x)
+            ks.append(np.asarray(k[:T]))
+            vs.append(np.asarray(v[:T]))
+        nxt, logits = self._head(self.weights, x[T - 1])
+        kc = tuple(jnp.asarray(handoff.prompt_cache(self.prog, k, self.slots), DTYPES[self.dtype]) for k in ks)
+        vc = tuple(jnp.asarray(handoff.prompt_cache(self.prog, v, self.slots), DTYPES[self.dtype]) for v in vs)
+        if self.devices is not None:
+            kc, vc = tuple(shard_cache(c, self.devices) for c in kc), tuple(shard_cache(c, self.devices) for c in vc)
+        led = self.prefill_ledger(T)
+        self.ledger.merge(led)
+        return int(nxt), logits, (kc, vc), led.time_s
+
+    def prefill_ledger(self, n_prompt: int) -> Ledger:
+        """TTFT's costs: embedding rows to the prefill grid, every layer (shape-only run of the same
+        program), hand-off, final norm + LM head + argmax on the decode side."""
+        led = Ledger(clock_hz=self.spec.clock_hz)
+        led.merge(handoff.embed_ledger(self.prog, self.pre, n_prompt))
+        pl = Ledger(clock_hz=self.spec.clock_hz)
+        x = jax.ShapeDtypeStruct((n_prompt, self.cfg.dim), np.float32)
+        self.pre.run(self.pre.mesh(pl), weight_shapes(self.cfg, DTYPES[self.dtype]), x)
+        led.merge(pl)
+        led.merge(handoff.handoff_ledger(self.prog, self.pre, n_prompt, jnp.dtype(DTYPES[self.dtype]).itemsize))
+        led.merge(first_token_ledger(self.prog), "first_token/")
+        return led
+
+
+def _head_argmax(prog: DecodeProgram, mw, x):
+    lm = prog.lm_mesh(Ledger(clock_hz=1.0))
+    logits = prog.head(lm, mw, _to_rows(prog, x))
+    return prog.argmax(lm, logits), logits
+
+
+def _to_rows(prog: DecodeProgram, x):
+    """x[D] -> x_y [R, kb] (zero padded)."""
+    p = prog.plan
+    return jnp.pad(x, (0, p.rows * p.kb - x.shape[0])).reshape(p.rows, p.kb)
+
+
+def first_token_ledger(prog: DecodeProgram) -> Ledger:
+    """Final norm, LM head and argmax for the prefill's last position (no embedding lookup)."""
+    led = head_ledger(prog)
+    led.phases.pop("embed", None)
+    return led

@@ -1,0 +1,51 @@
+"""Prefill -> decode hand-off, costed as mesh traffic: the prompt's K/V into the decode cache layout,
+the last hidden state to the LM head, and the weights into their decode placement when the grids differ.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from waferllm.engine import kv
+from waferllm.engine.decode import DecodeProgram
+from waferllm.engine.prefill import PrefillProgram
+from waferllm.machine import Ledger, noc
+
+
+def prompt_cache(prog: DecodeProgram, k_tokens: np.ndarray, slots: int) -> np.ndarray:
+    """One layer's prompt K or V [P, Hkv*hd] (HF order) -> decode cache [R, slots, C, cb] for the policy."""
+    dim = prog.plan.heads.dim
+    per_core = np.where(dim[None] >= 0, k_tokens[:, np.maximum(dim, 0)], 0.0)  # [P, C, cb]
+    return kv.place_prompt_kv(prog.policy, per_core.astype(k_tokens.dtype), prog.plan.rows, slots)
+
+
+def handoff_ledger(dec: DecodeProgram, pre: PrefillProgram, n_prompt: int, elem_bytes: int) -> Ledger:
+    """Cost of the hand-off for an n_prompt-token prompt (all regions move in parallel)."""
+    led = Ledger(clock_hz=dec.spec.clock_hz)
+    mesh = dec.mesh(led)
+    p = dec.plan
+    dist = max(pre.rows, pre.cols)  # prefill region to decode regions, a neighbourhood away
+    busiest = int(np.max(kv.counts(dec.policy, n_prompt, n_prompt, p.rows, np)))
+    with mesh.phase("handoff/kv"):
+        nbytes = p.layers_per_region * busiest * 2 * p.heads.cb * elem_bytes
+        mesh.charge_comm(noc.transfer_cycles(mesh, nbytes, dist), hops=dist)
+    with mesh.phase("handoff/hidden"):
+        mesh.charge_comm(noc.transfer_cycles(mesh, 4 * p.kb, dist), hops=dist)
+    if (pre.rows, pre.cols) != (p.rows, p.cols):
+        hops = abs(pre.rows - p.rows) + abs(pre.cols - p.cols) + 1
+        with mesh.phase("handoff/weights"):  # every core's decode tiles rebuilt from prefill tiles nearby
+            mesh.charge_comm(noc.transfer_cycles(mesh, p.breakdown["weights"], hops), hops=hops)
+    return led
+
+
+def embed_ledger(dec: DecodeProgram, pre: PrefillProgram, n_prompt: int) -> Ledger:
+    """The prompt's embedding rows travel from the embedding tiles to the prefill grid ([L_y, E_x] tiles)."""
+    led = Ledger(clock_hz=dec.spec.clock_hz)
+    mesh = pre.mesh(led)
+    mb, nb = math.ceil(n_prompt / pre.rows), math.ceil(dec.cfg.dim / pre.cols)
+    hops = dec.plan.lm_cols + max(pre.rows, pre.cols)
+    with mesh.phase("prefill/embed"):
+        mesh.charge_comm(noc.transfer_cycles(mesh, 4 * mb * nb, hops), hops=hops)
+    return led
