@@ -41,7 +41,7 @@ def transformers_speed(n: int, prompt_ids: list[int]) -> tuple[float, list[int]]
 
     path = find_bundled_gguf("smollm2-135m")
     torch.set_num_threads(os.cpu_count() or 2)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     model.eval()
     ids = torch.tensor([prompt_ids[:1]])
     out = []

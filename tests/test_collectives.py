@@ -56,3 +56,19 @@ def test_broadcast(roomy):
     x = np.arange(4 * 5, dtype=np.float32).reshape(4, 5, 1)
     out = np.asarray(noc.broadcast(Mesh(roomy, 4, 5), x, "x", root=2))
     np.testing.assert_array_equal(out[:, :, 0], np.repeat(x[:, 2:3, 0], 5, axis=1))
+
+
+def test_line_shift_and_reduce(roomy):
+    x = np.arange(4 * 3, dtype=np.float32).reshape(4, 3, 1)
+    mesh = Mesh(roomy, 4, 3)
+    out = np.asarray(noc.shift(mesh, x, "y", "line"))
+    np.testing.assert_array_equal(out[1:], x[:-1])
+    np.testing.assert_array_equal(out[0], 0)
+    assert mesh.ledger.hops == 1
+    red = np.asarray(noc.reduce(Mesh(roomy, 4, 3), x, "x", root=1))
+    np.testing.assert_allclose(red[:, 1], x.sum(1))
+    np.testing.assert_array_equal(red[:, [0, 2]], 0)
+    m1, m2 = Mesh(roomy, 7, 1), Mesh(roomy, 7, 1)
+    noc.reduce(m1, np.ones((7, 1, 5), np.float32), "y", root=3)
+    noc.allreduce(m2, np.ones((7, 1, 5), np.float32), "y")
+    assert 0 < m1.ledger.cycles < m2.ledger.cycles  # no multicast back

@@ -78,3 +78,14 @@ def test_unsupported_architecture(tmp_path):
     res = _run("--model", str(tmp_path))
     assert res.returncode != 0 and "unsupported architecture 'GPT2LMHeadModel'" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_generate_prefill_grid_and_kv_policy_flags():
+    res = _run("--prompt", "The capital of France is", "--grid", "20x20", "--prefill-grid", "16x24", "--kv", "concat",
+               "--max-new-tokens", "4", "--json")
+    assert res.returncode == 0, res.stderr
+    o = json.loads(res.stdout)
+    assert o["prefill_grid"] == "16x24" and o["kv"]["policy"] == "concat"
+    assert set(o["kv"]["capacity_by_policy"]) == {"shift", "concat"}
+    assert o["kv"]["used_tokens"] == len(o["prompt_token_ids"]) + len(o["token_ids"])

@@ -21,6 +21,9 @@ def add_parser(sub) -> None:
     p.add_argument("--system", default=None, help="system message for --chat")
     add_device_args(p)
     p.add_argument("--grid", default="auto", help="decode grid ROWSxCOLS per layer region, or auto")
+    p.add_argument("--prefill-grid", default="auto",
+                   help="prefill grid ROWSxCOLS, auto (the decode grid), or none (prompt through the decode path)")
+    p.add_argument("--kv", default="shift", choices=["shift", "concat"], help="KV cache policy")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0)
@@ -62,8 +65,9 @@ def run(args) -> int:
         raise ArgError("empty prompt: give some text with --prompt")
     need = max(len(i) for i in ids) + params.max_new_tokens
     with _status(f"placing {cfg.name} on {spec.name}", args.json):
-        engine = Engine(cfg, weights, spec, grid=args.grid, dtype=args.dtype,
-                        max_tokens=64 * math.ceil(need / 64), tokenizer=tok)
+        engine = Engine(cfg, weights, spec, grid=args.grid, dtype=args.dtype, max_tokens=64 * math.ceil(need / 64),
+                        tokenizer=tok, kv_policy=args.kv,
+                        prefill_grid=None if args.prefill_grid == "none" else args.prefill_grid)
     for i in ids:
         engine.check_capacity(len(i), params.max_new_tokens)  # all prompts checked before any work
     outs = []
@@ -96,7 +100,9 @@ def _result_json(engine, args, res) -> dict:
         "plan": {"layers_per_region": plan.layers_per_region, "layer_regions": plan.layer_regions,
                  "lm_regions": plan.lm_regions, "wafers": plan.wafers, "head_layout":
                  "aligned" if plan.heads.aligned else "flat"},
-        "kv": {"policy": "shift", "capacity_tokens": plan.kv_capacity_tokens()["shift"],
+        "prefill_grid": f"{engine.pre.rows}x{engine.pre.cols}" if engine.pre else None,
+        "kv": {"policy": engine.policy, "capacity_tokens": plan.kv_capacity_tokens()[engine.policy],
+               "capacity_by_policy": plan.kv_capacity_tokens(),
                "used_tokens": len(res.prompt_token_ids) + len(res.token_ids)},
     }
 

@@ -143,3 +143,21 @@ def _step_ledger(prog: DecodeProgram, n: int, slots: int, p_tokens: int) -> Ledg
     led.merge(layer_ledger(prog, n, slots, p_tokens), "decode/layer/", times=prog.cfg.n_layers)
     led.merge(handover_ledger(prog), "decode/", times=p.layer_regions + p.lm_regions - 1)
     return led
+
+
+def sampling_ledger(prog: DecodeProgram, params) -> Ledger:
+    """Extra cost of a sampled (not greedy) token on the LM-head grid."""
+    from waferllm.engine.sampling import on_mesh
+    from waferllm.machine import local
+
+    led = Ledger(clock_hz=prog.spec.clock_hz)
+    lm = prog.lm_mesh(led)
+    p = prog.plan
+    with lm.phase("sample"):
+        if on_mesh(params):  # each core: scale, draw, log(-log u), add; the argmax is already charged
+            local.charge_elementwise(lm, p.vb, special=2, ops=3)
+        else:  # every column streams its logits to the sampling core, which sorts out top-k/top-p
+            v = p.vb * p.lm_cols
+            lm.charge_comm(noc.transfer_cycles(lm, 4 * v, p.lm_cols - 1), hops=p.lm_cols - 1)
+            local.charge_elementwise(lm, v, special=1, ops=4)
+    return led

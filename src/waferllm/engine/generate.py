@@ -17,7 +17,7 @@ import numpy as np
 
 from waferllm import WaferError
 from waferllm.engine import handoff, kv
-from waferllm.engine.cost import head_ledger, step_ledger
+from waferllm.engine.cost import head_ledger, sampling_ledger, step_ledger
 from waferllm.engine.decode import DecodeProgram, make_decode_step
 from waferllm.engine.placement import DecodePlan, auto_grid, plan_decode
 from waferllm.engine.sampling import SamplingParams, sample
@@ -144,8 +144,17 @@ class Engine:
             timing.ttft_s = t
         n = len(prompt_ids)
         eos = set(self.cfg.eos_token_ids) | set(getattr(self.tokenizer, "eos_ids", ()) or ())
+        extra = 0.0 if params.greedy else sampling_ledger(self.prog, params)
         for i in range(params.max_new_tokens):
-            tok = nxt if params.greedy else sample(self.logits_vector(logits), params, rng)
+            if not params.greedy:
+                tok = sample(self.logits_vector(logits), params, rng)
+                self.ledger.merge(extra)
+                if i == 0:
+                    timing.ttft_s += extra.time_s
+                else:
+                    timing.decode_s[-1] += extra.time_s
+            else:
+                tok = nxt
             yield TokenEvent(token_id=tok, predicted_s=timing.ttft_s if i == 0 else timing.decode_s[-1])
             if (tok in eos and not params.ignore_eos) or i == params.max_new_tokens - 1:
                 return

@@ -40,8 +40,17 @@ class SamplingParams:
         return self.temperature == 0
 
 
+def on_mesh(params: SamplingParams) -> bool:
+    """Pure temperature sampling runs distributed (Gumbel-max); top-k / top-p gather the logits to one core."""
+    return params.top_k == 0 and params.top_p >= 1.0
+
+
 def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
-    """One token from fp32 logits [V] with temperature, then top-k, then top-p (nucleus)."""
+    """One token from fp32 logits [V]: Gumbel-max for pure temperature (each core perturbs its own logits,
+    then the distributed argmax), else temperature, top-k, then top-p (nucleus) on the gathering core."""
+    if on_mesh(params):
+        g = -np.log(-np.log(rng.uniform(np.finfo(np.float64).tiny, 1.0, size=logits.shape)))
+        return int(np.argmax(logits.astype(np.float64) / params.temperature + g))
     z = logits.astype(np.float64) / params.temperature
     if params.top_k:
         kth = np.partition(z, -params.top_k)[-params.top_k]

@@ -37,13 +37,19 @@ def chain_cycles(mesh: Mesh, n_elems: int, elem_bytes: int, hops: float, stages:
 
 # --- shifts ----------------------------------------------------------------
 def shift(mesh: Mesh, x: Array, axis: str, kind: str = "interleaved", direction: int = 1) -> Array:
-    """Every core sends its tile one ring position along `axis` (interleaved: <= 2 hops; wrap: n-1 hops)."""
+    """Every core sends its tile one position along `axis`: interleaved ring (<= 2 hops), wrap ring (the
+    wrap-around edge is n-1 hops) or line (neighbours only; the first core in the direction gets zeros)."""
     n = mesh.size(axis)
     hops = ring_hops(n, kind)
     mesh.charge_comm(transfer_cycles(mesh, tile_bytes(x), hops), hops=hops)
     if is_abstract(x) or n == 1:
-        return x
-    return shard.permute(x, AX[axis], ring_src(n, kind, direction), mesh.devices)
+        return x if kind != "line" or is_abstract(x) else jnp.zeros_like(x)
+    src = ring_src(n, kind, direction)
+    if kind == "line":
+        moved = shard.permute(x, AX[axis], np.where(src < 0, (np.arange(n) + direction) % n, src), mesh.devices)
+        keep = jnp.asarray(src >= 0).reshape((n, 1) if axis == "y" else (1, n))
+        return jnp.where(keep.reshape(keep.shape + (1,) * (x.ndim - 2)), moved, 0)
+    return shard.permute(x, AX[axis], src, mesh.devices)
 
 
 def shift_rows_masked(mesh: Mesh, x: Array, axis: str, mask: np.ndarray, kind: str = "interleaved",
@@ -103,6 +109,27 @@ def allreduce(mesh: Mesh, x: Array, axis: str, algo: str = "ktree", *, groups: i
     out = jnp.broadcast_to(red[None], v.shape)
     out = jnp.moveaxis(out, 0, 1).reshape((n,) + v.shape[2:])
     return jnp.moveaxis(out, 0, a)
+
+
+def reduce(mesh: Mesh, x: Array, axis: str, root: int, *, groups: int | None = None, op: str = "sum") -> Array:
+    """K-tree reduce along `axis` to the line `root` (no multicast back); other lines keep zeros."""
+    n = mesh.size(axis)
+    elems, eb = int(math.prod(x.shape[2:])), np.dtype(x.dtype).itemsize
+    full, hops, stages = _allreduce_cost(mesh, "ktree", n, elems, eb, groups)
+    if n > 1:  # the tree's two phases end at its root; then one unicast to the requested root
+        G = min(groups or default_groups(n), n)
+        g = math.ceil(n / G)
+        troot = (math.ceil(n / g) // 2) * g + g // 2
+        bcast = transfer_cycles(mesh, elems * eb, max(troot, n - 1 - troot))
+        extra = transfer_cycles(mesh, elems * eb, abs(root - troot)) if root != troot else 0.0
+        mesh.charge_comm(full - bcast + extra, hops=hops - max(troot, n - 1 - troot) + abs(root - troot),
+                         stages=stages, overhead=mesh.spec.collective_overhead_cycles)
+    if is_abstract(x) or n == 1:
+        return x
+    a = AX[axis]
+    red = _ktree(jnp.moveaxis(x, a, 0), groups or default_groups(n), op)
+    keep = (jnp.arange(n) == root).reshape((n, 1) if axis == "y" else (1, n))
+    return jnp.where(keep.reshape(keep.shape + (1,) * (x.ndim - 2)), jnp.expand_dims(red, a), 0)
 
 
 def _allreduce_cost(mesh: Mesh, algo: str, p: int, elems: int, eb: int, groups: int | None):

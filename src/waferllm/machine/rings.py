@@ -33,7 +33,10 @@ def ring_src(n: int, kind: str, direction: int) -> np.ndarray:
         return order[(pos - direction) % n]
     if kind == "wrap":
         return (np.arange(n) - direction) % n
-    raise ValueError(f"unknown ring kind {kind!r}")
+    if kind == "line":  # neighbour shift without the wrap edge: the end core receives nothing (src -1)
+        src = np.arange(n) - direction
+        return np.where((src >= 0) & (src < n), src, -1)
+    raise ValueError(f"unknown ring kind {kind!r}; known: interleaved, wrap, line")
 
 
 def ring_hops(n: int, kind: str) -> int:
@@ -42,6 +45,8 @@ def ring_hops(n: int, kind: str) -> int:
         return 0
     if kind == "interleaved":
         return min(2, n - 1)
+    if kind == "line":
+        return 1
     return n - 1
 
 

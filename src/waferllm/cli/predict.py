@@ -1,0 +1,48 @@
+"""`waferllm predict`: shape-only predictions for any model (presets, config.json) on any device."""
+
+from __future__ import annotations
+
+import json
+
+from waferllm.cli import add_device_args, device_from_args
+from waferllm.report.tables import fmt_bytes, fmt_time, table
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("predict", help="predict prefill/decode speed and memory without weights")
+    p.add_argument("--model", required=True, help="preset (llama3-8b, llama2-13b, codellama-34b, qwen2-72b, "
+                                                  "smollm2-135m), a config.json, a HF folder or a .gguf")
+    add_device_args(p)
+    p.add_argument("--phase", default="decode", choices=["prefill", "decode"])
+    p.add_argument("--grid", default="auto")
+    p.add_argument("--prefill-grid", default="auto")
+    p.add_argument("--context", type=int, default=4096, help="decode: tokens in the KV cache")
+    p.add_argument("--input-len", type=int, default=4096, help="prefill: prompt tokens")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--dtype", default="float16", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--kv", default="shift", choices=["shift", "concat"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from waferllm.model import get_config
+    from waferllm.perf.predict import predict
+
+    spec = device_from_args(args)
+    cfg = get_config(args.model)
+    pr = predict(cfg, spec, phase=args.phase, grid=args.grid, prefill_grid=args.prefill_grid, context=args.context,
+                 input_len=args.input_len, batch=args.batch, dtype=args.dtype, policy=args.kv)
+    if args.json:
+        print(json.dumps(dict(pr.to_dict(), model=cfg.name, device=spec.name, dtype=args.dtype), indent=2))
+        return 0
+    print(f"{cfg.name} on {spec.name}, {args.phase}, {args.dtype}: {fmt_time(pr.time_s)} "
+          f"({pr.tokens_per_s:,.1f} tokens/s), {pr.cycles:,.0f} cycles")
+    print(f"grid {pr.grid}" + (f", prefill grid {pr.prefill_grid}" if pr.prefill_grid else "") +
+          f", {pr.layers_per_region} layer(s)/region, {pr.wafers} wafer(s); peak {fmt_bytes(pr.peak_core_bytes)}/core"
+          f", {pr.routes_per_core} routes/core; KV capacity shift {pr.kv_capacity_tokens['shift']:,} / concat "
+          f"{pr.kv_capacity_tokens['concat']:,} tokens")
+    rows = [[k, f"{v['cycles']:,.0f}", f"{100 * v['cycles'] / pr.cycles:.1f}%",
+             f"{100 * v['compute_cycles'] / max(v['cycles'], 1e-9):.0f}%"] for k, v in list(pr.breakdown.items())[:15]]
+    print(table(["phase", "cycles", "share", "compute"], rows))
+    return 0
