@@ -37,3 +37,19 @@ def test_seeded_generation_reproducible_and_costed(engine_for, smollm):
     topk1 = [e.token_id for e in eng.generate(ids, SamplingParams(max_new_tokens=8, temperature=0.7, top_k=1,
                                                                        ignore_eos=True))]
     assert topk1 == greedy
+
+
+@pytest.mark.slow
+def test_stop_strings_and_eos(engine_for, smollm):
+    from waferllm.engine.textgen import generate_text, prompt_ids
+
+    eng = engine_for("20x20")
+    ids = prompt_ids(smollm[2], "What is the capital of France?", chat=True)
+    full = generate_text(eng, ids, SamplingParams(max_new_tokens=24))
+    assert full.finish_reason == "stop" and "Paris" in full.text  # ended by EOS
+    pieces = []
+    cut = generate_text(eng, ids, SamplingParams(max_new_tokens=24, stop=("Paris",)), on_text=pieces.append)
+    assert cut.finish_reason == "stop" and "Paris" not in cut.text and full.text.startswith(cut.text)
+    assert "".join(pieces) == cut.text  # streamed increments add up to the final text, stop string held back
+    short = generate_text(eng, ids, SamplingParams(max_new_tokens=2))
+    assert short.finish_reason == "length" and len(short.token_ids) == 2

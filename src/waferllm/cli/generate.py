@@ -22,7 +22,8 @@ def add_parser(sub) -> None:
     add_device_args(p)
     p.add_argument("--grid", default="auto", help="decode grid ROWSxCOLS per layer region, or auto")
     p.add_argument("--prefill-grid", default="auto",
-                   help="prefill grid ROWSxCOLS, auto (the decode grid), or none (prompt through the decode path)")
+                   help="prefill grid ROWSxCOLS, auto (square, the decode grid's shorter side), "
+                        "or none (the prompt goes through the decode path)")
     p.add_argument("--kv", default="shift", choices=["shift", "concat"], help="KV cache policy")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--max-new-tokens", type=int, default=64)

@@ -74,7 +74,8 @@ class Engine:
         self.prog = DecodeProgram(cfg=cfg, plan=self.plan, spec=spec, policy=kv_policy)
         self.pre = None
         if prefill_grid is not None:  # None: the prompt goes through the decode path token by token
-            pr, pc = (self.plan.rows, self.plan.cols) if prefill_grid == "auto" else parse_grid(prefill_grid)
+            side = min(self.plan.rows, self.plan.cols)  # square: lcm(R, C) compute-shift steps explode otherwise
+            pr, pc = (side, side) if prefill_grid == "auto" else parse_grid(prefill_grid)
             Mesh(spec, pr, pc)  # the prefill grid must exist on the device
             self.pre = PrefillProgram(cfg=cfg, spec=spec, rows=pr, cols=pc, dtype=dtype)
             self.pre_weights = prefill_weights(cfg, weights, DTYPES[dtype])
@@ -105,6 +106,12 @@ class Engine:
                                 f"{cap['concat']} tokens (engine limit {self.max_tokens}, model context "
                                 f"{self.cfg.max_seq_len}) on grid {self.plan.grid}")
 
+    def slots_for(self, n_prompt: int, max_new: int) -> int:
+        """KV slots per row this request needs at its busiest row (rounded to 16 to share compiled steps)."""
+        p = n_prompt if self.pre is not None else 0
+        busiest = int(np.max(kv.counts(self.policy, n_prompt + max_new, p, self.plan.rows, np)))
+        return 16 * math.ceil(busiest / 16)
+
     # --- phases ------------------------------------------------------------------
     def new_cache(self):
         p = self.plan
@@ -130,6 +137,7 @@ class Engine:
                  ) -> Iterator[TokenEvent]:
         """Yield generated token ids until EOS, a stop condition checked by the caller, or max_new_tokens."""
         self.check_capacity(len(prompt_ids), params.max_new_tokens)
+        self.slots = self.slots_for(len(prompt_ids), params.max_new_tokens)
         timing = timing if timing is not None else Timing()
         self.ledger = Ledger(clock_hz=self.spec.clock_hz)
         rng = np.random.default_rng(params.seed)

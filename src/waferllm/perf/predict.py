@@ -83,7 +83,7 @@ def predict(cfg: ModelConfig, spec: DeviceSpec, *, phase: str, grid: str = "auto
         tps = batch / t
         pg = None
     else:
-        pr = rc if prefill_grid == "auto" else parse_grid(prefill_grid)
+        pr = (min(rc),) * 2 if prefill_grid == "auto" else parse_grid(prefill_grid)  # as the engine's auto
         Mesh(spec, *pr)
         pre = PrefillProgram(cfg=cfg, spec=spec, rows=pr[0], cols=pr[1], dtype=dtype)
         led = Ledger(clock_hz=spec.clock_hz)
