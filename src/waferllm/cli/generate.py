@@ -111,7 +111,9 @@ def _result_json(engine, args, res) -> dict:
 def _print_stats(engine, res) -> None:
     plan, t = engine.plan, res.timing
     n = len(res.token_ids)
-    print(f"simulation: {n} tokens in {res.wall_s:.2f} s wall ({n / max(res.wall_s, 1e-9):.1f} tok/s)")
+    pre = f"prefilled on {engine.pre.rows}x{engine.pre.cols}" if engine.pre else "fed through the decode path"
+    print(f"simulation: {len(res.prompt_token_ids)} prompt tokens {pre}, {n} generated, {res.wall_s:.2f} s wall "
+          f"({n / max(res.wall_s, 1e-9):.1f} tok/s)")
     print(f"predicted on {engine.spec.name}: TTFT {fmt_time(t.ttft_s)}, TPOT {fmt_time(t.tpot_s)}, "
           f"{t.decode_tokens_per_s:,.0f} decode tok/s")
     print(f"decode grid {plan.grid} x {plan.layer_regions} regions ({plan.layers_per_region} layer/region) + "
