@@ -16,7 +16,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def mesh_speed(n: int, grid: str, prompt_ids: list[int]) -> tuple[float, list[int]]:
     from waferllm.engine.generate import Engine
-    from waferllm.engine.sampling import SamplingParams
     from waferllm.model import load_model
     from waferllm.spec import get_device
 

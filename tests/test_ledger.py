@@ -57,7 +57,7 @@ def test_gemv_cost_is_spec_arithmetic(wse2):
     s = wse2
     compute = 23 * 23 / s.fp16_macs_per_cycle
     e = max(2 / s.link_bytes_per_cycle, s.relay_cycles_per_element)
-    g, G = 30, 24  # 720 cores in 24 groups (the artifact's choice)
+    g = 30  # 720 cores in 24 groups of 30 (the artifact's choice)
     hops = 15 + 12 * g + 375  # chain in group, roots to root, multicast back
     stages = 15 + 12
     reduce = s.alpha_cycles_per_hop * hops + s.beta_cycles_per_relay * stages + 23 * (2 * e + 0.5)

@@ -6,7 +6,6 @@ and argmax. All layers have the same shapes, so one layer is traced and charged 
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp

@@ -7,9 +7,7 @@ jax.eval_shape with the true cache occupancy to cost a step without computing it
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from functools import partial
 
 import jax
 import jax.numpy as jnp

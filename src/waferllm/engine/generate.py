@@ -7,7 +7,6 @@ prefill lands), decode_one_token, generate (a generator of token ids); every ste
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -98,9 +97,7 @@ class Engine:
         need = n_prompt + max_new
         if n_prompt < 1:
             raise CapacityError("empty prompt: at least one token is needed")
-        p = n_prompt if self.pre is not None else 0
-        busiest = int(np.max(kv.counts(self.policy, need, p, self.plan.rows, np)))
-        if busiest > self.plan.kv_tokens_per_row or need > min(self.max_tokens, self.cfg.max_seq_len):
+        if self._busiest(n_prompt, max_new) > self.plan.kv_tokens_per_row or need > min(self.max_tokens, self.cfg.max_seq_len):
             raise CapacityError(f"prompt ({n_prompt} tokens) + max_new_tokens ({max_new}) = {need} tokens exceeds "
                                 f"the KV capacity of this plan: shift policy {cap['shift']}, concat policy "
                                 f"{cap['concat']} tokens (engine limit {self.max_tokens}, model context "
@@ -108,9 +105,12 @@ class Engine:
 
     def slots_for(self, n_prompt: int, max_new: int) -> int:
         """KV slots per row this request needs at its busiest row (rounded to 16 to share compiled steps)."""
+        return 16 * math.ceil(self._busiest(n_prompt, max_new) / 16)
+
+    def _busiest(self, n_prompt: int, max_new: int) -> int:
+        """Tokens on the fullest KV row at the end of a request (prompt K/V from the prefill, if any)."""
         p = n_prompt if self.pre is not None else 0
-        busiest = int(np.max(kv.counts(self.policy, n_prompt + max_new, p, self.plan.rows, np)))
-        return 16 * math.ceil(busiest / 16)
+        return int(np.max(kv.counts(self.policy, n_prompt + max_new, p, self.plan.rows, np)))
 
     # --- phases ------------------------------------------------------------------
     def new_cache(self):

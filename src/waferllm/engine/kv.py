@@ -16,19 +16,6 @@ from waferllm.machine import noc
 from waferllm.machine.mesh import Mesh
 
 
-def row_counts(n: int, rows: int) -> np.ndarray:
-    """Tokens on each row when the cache holds n tokens."""
-    q, rem = divmod(n, rows)
-    return q + (np.arange(rows) < rem)
-
-
-def valid_mask(n, rows: int, slots: int):
-    """[R, T] bool: which slots hold tokens when the cache holds n (traced or static) tokens."""
-    q, rem = n // rows, n % rows
-    counts = q + (jnp.arange(rows) < rem)
-    return jnp.arange(slots)[None, :] < counts[:, None]
-
-
 def shift_insert(cache, new, n):
     """Insert `new` [C, cb] into cache [R, T, C, cb] holding n tokens (n traced or static)."""
     R, T = cache.shape[:2]

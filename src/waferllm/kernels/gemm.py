@@ -134,7 +134,8 @@ def _cannon(mesh: Mesh, a, b, algo: str, trace, b_on_device: bool = False) -> Ar
     nbat = int(np.prod(batch))
     with mesh.hold(a=at, b=bt, c=ct, a_buf=nbat * mb * kb * _isz(at), b_buf=nbat * kb * nb * _isz(bt)), \
             mesh.routes(f"{kind} ring x", 2), mesh.routes(f"{kind} ring y", 2):
-        _snap(trace, "placed-a", at), _snap(trace, "placed-b", bt)
+        _snap(trace, "placed-a", at)
+        _snap(trace, "placed-b", bt)
         at = _align(mesh, at, "x", kind, pos_y * sB, algo == "meshgemm", trace, "a")
         if not host_skew:  # textbook Cannon, or a B made on the device: skew it on the device too
             bt = _align(mesh, bt, "y", kind, pos_x * sA, algo == "meshgemm", trace, "b")
@@ -205,14 +206,6 @@ def _place_panels(mesh: Mesh, x, P: int, owner: np.ndarray, slot: np.ndarray, al
         panels = layout.pad_to(x, (P * kb, C * nb)).reshape(P, kb, C, nb).transpose(0, 2, 1, 3)  # [P, C, kb, nb]
         t = t.at[owner, :, slot].set(panels)
     return shard.place(t, mesh.devices)
-
-
-def _as_stack(t: Array) -> Array:
-    if t.ndim == 5:
-        return t
-    if is_abstract(t):
-        return jax.ShapeDtypeStruct(t.shape[:2] + (1,) + t.shape[2:], t.dtype)
-    return t[:, :, None]
 
 
 def _isz(x: Array) -> int:

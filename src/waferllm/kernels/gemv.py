@@ -34,7 +34,7 @@ def gemv(mesh: Mesh, x, w, algo: str = "meshgemv", *, groups: int | None = None,
 def gemv_tiles(mesh: Mesh, xt: Array, wt: Array, algo: str = "meshgemv", *, groups: int | None = None,
                trace: list | None = None) -> Array:
     """x_t[R, C, kb] (split along Y) @ W_t[R, C, kb, nb] -> y_t[R, C, nb] (split along X, replicated on Y)."""
-    kb, nb = wt.shape[2], wt.shape[3]
+    nb = wt.shape[3]
     isz = np.dtype(wt.dtype).itemsize
     with mesh.hold(w=wt, x=xt, partial=nb * isz, recv=nb * isz), mesh.routes(f"{algo} allreduce y", _ROUTES[algo]):
         with mesh.phase("local"):

@@ -117,9 +117,7 @@ def reduce(mesh: Mesh, x: Array, axis: str, root: int, *, groups: int | None = N
     elems, eb = int(math.prod(x.shape[2:])), np.dtype(x.dtype).itemsize
     full, hops, stages = _allreduce_cost(mesh, "ktree", n, elems, eb, groups)
     if n > 1:  # the tree's two phases end at its root; then one unicast to the requested root
-        G = min(groups or default_groups(n), n)
-        g = math.ceil(n / G)
-        troot = (math.ceil(n / g) // 2) * g + g // 2
+        troot = _tree_root(n, groups)
         bcast = transfer_cycles(mesh, elems * eb, max(troot, n - 1 - troot))
         extra = transfer_cycles(mesh, elems * eb, abs(root - troot)) if root != troot else 0.0
         mesh.charge_comm(full - bcast + extra, hops=hops - max(troot, n - 1 - troot) + abs(root - troot),
@@ -132,19 +130,29 @@ def reduce(mesh: Mesh, x: Array, axis: str, root: int, *, groups: int | None = N
     return jnp.where(keep.reshape(keep.shape + (1,) * (x.ndim - 2)), jnp.expand_dims(red, a), 0)
 
 
+def _tree_shape(p: int, groups: int | None) -> tuple[int, int]:
+    """(G groups, g cores per group) of the two-phase tree over p cores; the last group may be short."""
+    g = math.ceil(p / min(groups or default_groups(p), p))
+    return math.ceil(p / g), g
+
+
+def _tree_root(p: int, groups: int | None) -> int:
+    """The core where the tree's two phases end."""
+    G, g = _tree_shape(p, groups)
+    return (G // 2) * g + g // 2
+
+
 def _allreduce_cost(mesh: Mesh, algo: str, p: int, elems: int, eb: int, groups: int | None):
     """(cycles, hops, stages) of one allreduce over p cores of `elems` elements each."""
     if p == 1:
         return 0.0, 0.0, 0.0
     if algo == "ktree":
-        G = min(groups or default_groups(p), p)
-        g = math.ceil(p / G)
-        G = math.ceil(p / g)
+        G, g = _tree_shape(p, groups)
         r, rg = g // 2, G // 2
         h1 = max(r, g - 1 - r)  # phase 1: chains inside a group toward its root
         h2 = max(rg, G - 1 - rg) * g  # phase 2: group roots chain to the global root (pass-through routes)
         s2 = max(rg, G - 1 - rg)
-        root = rg * g + r
+        root = _tree_root(p, groups)
         h3 = max(root, p - 1 - root)  # multicast back along the line
         cyc = chain_cycles(mesh, elems, eb, h1, h1) + chain_cycles(mesh, elems, eb, h2, s2) \
             + transfer_cycles(mesh, elems * eb, h3)
@@ -176,9 +184,7 @@ def _chain(v: jax.Array, op: str) -> jax.Array:
 def _ktree(v: jax.Array, G: int, op: str) -> jax.Array:
     """Two-phase tree: chains from both ends of each group meet at its root, then roots chain likewise."""
     p = v.shape[0]
-    G = min(G, p)
-    g = math.ceil(p / G)
-    G = math.ceil(p / g)
+    G, g = _tree_shape(p, G)
     pad = G * g - p  # missing cores at the end of the last group contribute the identity
     fill = 0.0 if op == "sum" else -jnp.inf
     v = jnp.concatenate([v, jnp.full((pad,) + v.shape[1:], fill, v.dtype)]) if pad else v
