@@ -53,7 +53,7 @@ def _status(msg: str, quiet: bool):
 
 def run(args) -> int:
     from waferllm.engine.generate import Engine
-    from waferllm.engine.textgen import generate_text, prompt_ids
+    from waferllm.engine.textgen import generate_batch_text, generate_text, prompt_ids
     from waferllm.model import load_model
 
     params = sampling_from_args(args)  # checks ranges before any loading
@@ -69,19 +69,29 @@ def run(args) -> int:
         engine = Engine(cfg, weights, spec, grid=args.grid, dtype=args.dtype, max_tokens=64 * math.ceil(need / 64),
                         tokenizer=tok, kv_policy=args.kv,
                         prefill_grid=None if args.prefill_grid == "none" else args.prefill_grid)
-    for i in ids:
-        engine.check_capacity(len(i), params.max_new_tokens)  # all prompts checked before any work
-    outs = []
-    for i, p in zip(ids, prompts):
-        if not args.json:
-            print(p if not args.chat else f"[chat] {p}", end="\n---\n", flush=True)
-        res = generate_text(engine, i, params, on_text=None if args.json else _echo)
-        outs.append(_result_json(engine, args, res))
-        if not args.json:
-            print("\n---")
-            _print_stats(engine, res)
+    if len(ids) > 1:  # decoded together: one lane each, skinny GEMMs instead of GEMVs
+        engine.check_batch([(i, params) for i in ids])  # every prompt checked before any work
+        with _status(f"decoding {len(ids)} prompts together", args.json):
+            results, agg = generate_batch_text(engine, ids, params)
+        outs = [_result_json(engine, args, r, agg, len(ids)) for r in results]
+        if args.json:
+            print(json.dumps(outs, indent=2))
+            return 0
+        for p, r in zip(prompts, results):
+            print(p if not args.chat else f"[chat] {p}", end="\n---\n")
+            print(r.text, end="\n---\n")
+            _print_stats(engine, r)
+        print(f"batch of {len(ids)}: {agg:,.0f} predicted decode tok/s aggregate")
+        return 0
+    engine.check_capacity(len(ids[0]), params.max_new_tokens)
+    if not args.json:
+        print(prompts[0] if not args.chat else f"[chat] {prompts[0]}", end="\n---\n", flush=True)
+    res = generate_text(engine, ids[0], params, on_text=None if args.json else _echo)
     if args.json:
-        print(json.dumps(outs[0] if len(outs) == 1 else outs, indent=2))
+        print(json.dumps(_result_json(engine, args, res, res.timing.decode_tokens_per_s, 1), indent=2))
+    else:
+        print("\n---")
+        _print_stats(engine, res)
     return 0
 
 
@@ -89,14 +99,14 @@ def _echo(text: str) -> None:
     print(text, end="", flush=True)
 
 
-def _result_json(engine, args, res) -> dict:
+def _result_json(engine, args, res, decode_tps: float, batch: int) -> dict:
     plan, led = engine.plan, engine.ledger
     return {
         "model": engine.cfg.name, "device": engine.spec.name, "grid": plan.grid, "dtype": engine.dtype,
         "prompt_token_ids": res.prompt_token_ids, "token_ids": res.token_ids, "text": res.text,
         "finish_reason": res.finish_reason, "wall_s": res.wall_s,
         "predicted": {"ttft_s": res.timing.ttft_s, "tpot_s": res.timing.tpot_s,
-                      "decode_tokens_per_s": res.timing.decode_tokens_per_s},
+                      "decode_tokens_per_s": decode_tps, "batch_size": batch},
         "peak_core_bytes": max(plan.peak_core_bytes, led.peak_core_bytes), "routes_per_core": led.routes_per_core,
         "plan": {"layers_per_region": plan.layers_per_region, "layer_regions": plan.layer_regions,
                  "lm_regions": plan.lm_regions, "wafers": plan.wafers, "head_layout":

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from waferllm.engine import kv
 from waferllm.engine.decode import DecodeProgram
 from waferllm.engine.tiles import DTYPES
 from waferllm.machine import Ledger, Mesh, noc
@@ -33,50 +35,36 @@ def weight_structs(prog: DecodeProgram) -> dict:
     return layer
 
 
-def layer_ledger(prog: DecodeProgram, n: int, slots: int, p: int = 0) -> Ledger:
-    """Cost of one layer with n tokens already cached, p from the prefill (KV arrays of `slots` per row)."""
-    return _layer_ledger(prog, n, slots, p)
+def layer_ledger(prog: DecodeProgram, ns, slots: int, ps) -> Ledger:
+    """Cost of one layer for a batch: sequence b has ns[b] tokens cached, ps[b] of them from its prefill."""
+    t_row, moving = kv.step_load(prog.policy, ns, ps, prog.plan.rows)
+    lane = max(kv.busiest_row(prog.policy, n, p, prog.plan.rows) for n, p in zip(ns, ps))
+    return _layer_ledger(prog, len(ns), t_row, moving, max(slots, lane))
 
 
 _CACHE: dict[tuple, Ledger] = {}
 
 
-def _layer_ledger_cached(prog: DecodeProgram, t_row: int, moves: bool, slots: int, n_example: int,
-                         p: int) -> Ledger:
-    """Charges depend on n only through the busiest row's tokens and whether rows shift: cache on those."""
-    key = (id(prog), t_row, moves, slots)
+def _layer_ledger(prog: DecodeProgram, B: int, t_row: int, moving: int, slots: int) -> Ledger:
+    """Charges depend on the occupancy only through the busiest row and the moving count: cache on those."""
+    key = (id(prog), B, t_row, moving, slots)
     if key not in _CACHE:
-        _CACHE[key] = _trace_layer(prog, slots, n_example, p)  # p: prompt tokens from the prefill
+        _CACHE[key] = _trace_layer(prog, B, slots, (t_row, moving))
     return _CACHE[key]
 
 
-def _trace_layer(prog: DecodeProgram, slots: int, n_example: int, p_tokens: int) -> Ledger:
+def _trace_layer(prog: DecodeProgram, B: int, slots: int, load: tuple[int, int]) -> Ledger:
     led = Ledger(clock_hz=prog.spec.clock_hz)
     mesh = prog.mesh(led)
     p = prog.plan
     dt = DTYPES[p.dtype]
-    cache = jax.ShapeDtypeStruct((p.rows, slots, p.cols, p.heads.cb), dt)
-    x = jax.ShapeDtypeStruct((p.rows, p.kb), jnp.float32)
+    S = jax.ShapeDtypeStruct
+    cache = S((B, p.rows, slots, p.cols, p.heads.cb), dt)
+    x, vec, ivec = S((B, p.rows, p.kb), jnp.float32), S((B,), jnp.float32), S((B,), jnp.int32)
     with mesh.hold(**{k: v for k, v in p.breakdown.items()}), _routes(mesh):
-        jax.eval_shape(lambda w, kc, vc, x: prog.layer(mesh, w, kc, vc, x, 0, n_example, n_cost=n_example,
-                                                       p=p_tokens, p_cost=p_tokens),
-                       weight_structs(prog), cache, cache, x)
+        jax.eval_shape(lambda w, kc, vc, x, pos, n, pp: prog.layer(mesh, w, kc, vc, x, pos, n, pp, load=load),
+                       weight_structs(prog), cache, cache, x, vec, ivec, ivec)
     return led
-
-
-def _key(prog: DecodeProgram, n: int, p: int) -> tuple[int, bool]:
-    """(busiest row after inserting token n, whether the shift policy moves rows)."""
-    from waferllm.engine import kv
-
-    R = prog.plan.rows
-    q, rem = divmod(n, R)
-    moves = prog.policy == "shift" and q > 0 and rem < R - 1
-    return kv.busiest_row(prog.policy, n, p, R), moves
-
-
-def _layer_ledger(prog: DecodeProgram, n: int, slots: int, p: int = 0) -> Ledger:
-    t_row, moves = _key(prog, n, p)
-    return _layer_ledger_cached(prog, t_row, moves, max(slots, t_row), n, p)
 
 
 class _routes:
@@ -95,20 +83,32 @@ class _routes:
             c.__exit__(*exc)
 
 
-def handover_ledger(prog: DecodeProgram) -> Ledger:
-    """Moving the activation x_y [R, kb] between consecutive regions (snake order: neighbours)."""
+def handover_ledger(prog: DecodeProgram, batch: int = 1) -> Ledger:
+    """Moving the activations x_y [B, R, kb] between consecutive regions (snake order: neighbours)."""
     led = Ledger(clock_hz=prog.spec.clock_hz)
     mesh = prog.mesh(led)
     p = prog.plan
     per_row = prog.spec.width_cores // p.cols
     hops = p.cols if per_row > 1 else p.rows
     with mesh.phase("handover"):
-        mesh.charge_comm(noc.transfer_cycles(mesh, 4 * p.kb, hops), hops=hops)
+        mesh.charge_comm(noc.transfer_cycles(mesh, 4 * batch * p.kb, hops), hops=hops)
     return led
 
 
-def head_ledger(prog: DecodeProgram) -> Ledger:
-    """Embedding lookup, final norm, LM head and argmax, shape-only."""
+def interwafer_ledger(prog: DecodeProgram, rows_of_activations: int) -> Ledger:
+    """Pipeline hops between wafers (plan.wafers > 1): each sends `rows_of_activations` x D fp32 values
+    over the inter-wafer link (spec.interwafer_bytes_per_s, spec.interwafer_latency_s)."""
+    led = Ledger(clock_hz=prog.spec.clock_hz)
+    hops = prog.plan.wafers - 1
+    if hops > 0:
+        s = prog.spec
+        t = s.interwafer_latency_s + 4 * rows_of_activations * prog.cfg.dim / s.interwafer_bytes_per_s
+        led.charge("interwafer", comm=t * s.clock_hz, overlap=False, times=hops)
+    return led
+
+
+def head_ledger(prog: DecodeProgram, batch: int = 1) -> Ledger:
+    """Embedding lookup, final norm, LM head and argmax for `batch` sequences, shape-only."""
     led = Ledger(clock_hz=prog.spec.clock_hz)
     lm = prog.lm_mesh(led)
     p = prog.plan
@@ -123,24 +123,30 @@ def head_ledger(prog: DecodeProgram) -> Ledger:
             with lm.phase("embed"):
                 x = prog.embed(lm, mw, tok)
             return prog.argmax(lm, prog.head(lm, mw, x))
-        jax.eval_shape(run, mw, S((), jnp.int32))
+        jax.eval_shape(run, mw, S((batch,), jnp.int32))
     return led
 
 
-def step_ledger(prog: DecodeProgram, n: int, slots: int = 0, p: int = 0) -> Ledger:
-    """The whole decode step with n tokens cached before this one (cached on what the cost depends on)."""
-    key = ("step", id(prog)) + _key(prog, n, p) + (slots,)
+def step_ledger(prog: DecodeProgram, ns, slots: int = 0, ps=None) -> Ledger:
+    """One decode step of a batch: sequence b has ns[b] tokens cached before this one, ps[b] (default 0)
+    from its prefill. An int n is a batch of one. Cached on what the cost depends on."""
+    ns = (ns,) if isinstance(ns, (int, np.integer)) else tuple(int(n) for n in ns)
+    ps = (0,) * len(ns) if ps is None else ((ps,) if isinstance(ps, (int, np.integer)) else tuple(int(p) for p in ps))
+    load = kv.step_load(prog.policy, ns, ps, prog.plan.rows)
+    lane = max(kv.busiest_row(prog.policy, n, p, prog.plan.rows) for n, p in zip(ns, ps))
+    key = ("step", id(prog), len(ns)) + load + (max(slots, lane),)
     if key not in _CACHE:
-        _CACHE[key] = _step_ledger(prog, n, slots, p)
+        _CACHE[key] = _step_ledger(prog, ns, slots, ps)
     return _CACHE[key]
 
 
-def _step_ledger(prog: DecodeProgram, n: int, slots: int, p_tokens: int) -> Ledger:
+def _step_ledger(prog: DecodeProgram, ns, slots: int, ps) -> Ledger:
     led = Ledger(clock_hz=prog.spec.clock_hz)
     p = prog.plan
-    led.merge(head_ledger(prog), "decode/")
-    led.merge(layer_ledger(prog, n, slots, p_tokens), "decode/layer/", times=prog.cfg.n_layers)
-    led.merge(handover_ledger(prog), "decode/", times=p.layer_regions + p.lm_regions - 1)
+    led.merge(head_ledger(prog, len(ns)), "decode/")
+    led.merge(layer_ledger(prog, ns, slots, ps), "decode/layer/", times=prog.cfg.n_layers)
+    led.merge(handover_ledger(prog, len(ns)), "decode/", times=p.layer_regions + p.lm_regions - 1)
+    led.merge(interwafer_ledger(prog, len(ns)), "decode/")
     return led
 
 

@@ -1,13 +1,13 @@
 """Generation on the simulated wafer: place a model, feed the prompt, decode token by token, cost it all.
 
-gpt-fast's phases: prefill (here: the prompt through the decode path, token by token, until the mesh
-prefill lands), decode_one_token, generate (a generator of token ids); every step is also costed.
+gpt-fast's phases: prefill (MeshGEMM on the prefill grid, or the prompt through the decode path token
+by token), decode_one_token, generate (a generator of token ids); every step is also costed. Several
+sequences decode together through engine.batch(...) (see engine/batch.py).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import jax
@@ -16,11 +16,12 @@ import numpy as np
 
 from waferllm import WaferError
 from waferllm.engine import handoff, kv
-from waferllm.engine.cost import head_ledger, sampling_ledger, step_ledger
+from waferllm.engine.batch import Batch, Timing, TokenEvent
+from waferllm.engine.cost import step_ledger
 from waferllm.engine.decode import DecodeProgram, make_decode_step
 from waferllm.engine.placement import DecodePlan, auto_grid, plan_decode
-from waferllm.engine.sampling import SamplingParams, sample
-from waferllm.engine.prefill import PrefillProgram, prefill_weights, weight_shapes
+from waferllm.engine.sampling import SamplingParams
+from waferllm.engine.prefill import PrefillProgram, prefill_weights
 from waferllm.engine.tiles import DTYPES, mesh_weights, shard_cache, shard_weights
 from waferllm.machine import Ledger, Mesh, parse_grid
 from waferllm.model.config import ModelConfig
@@ -30,30 +31,6 @@ from waferllm.spec import DeviceSpec
 
 class CapacityError(WaferError):
     """The request needs more KV cache than the plan holds."""
-
-
-@dataclass
-class TokenEvent:
-    """One generated token with its costed on-device time."""
-
-    token_id: int
-    predicted_s: float
-
-
-@dataclass
-class Timing:
-    """Predicted on-device figures (vLLM names) and the simulation's wall time."""
-
-    ttft_s: float = 0.0
-    decode_s: list[float] = field(default_factory=list)
-
-    @property
-    def tpot_s(self) -> float:
-        return float(np.mean(self.decode_s)) if self.decode_s else 0.0
-
-    @property
-    def decode_tokens_per_s(self) -> float:
-        return 1.0 / self.tpot_s if self.tpot_s else 0.0
 
 
 class Engine:
@@ -89,92 +66,117 @@ class Engine:
         # the busiest row's worst case: shift spreads tokens evenly; concat piles them on the tail row
         self.slots = math.ceil(max_tokens / self.plan.rows) if kv_policy == "shift" else max_tokens
         self._step = make_decode_step(self.prog)
+        self._put = jax.jit(_put_lane, donate_argnums=0)
+        self.eos_ids = frozenset(cfg.eos_token_ids) | frozenset(getattr(tokenizer, "eos_ids", ()) or ())
         self.ledger = Ledger(clock_hz=spec.clock_hz)  # every costed step of the last generation
 
     # --- capacity ----------------------------------------------------------------
-    def check_capacity(self, n_prompt: int, max_new: int) -> None:
-        cap = self.plan.kv_capacity_tokens()
-        need = n_prompt + max_new
+    def lane_slots(self, lanes: int) -> int:
+        """KV slots per row each of `lanes` sequences gets when they share the plan's cache memory."""
+        return self.plan.kv_tokens_per_row // lanes
+
+    def check_capacity(self, n_prompt: int, max_new: int, *, lanes: int = 1, slots: int | None = None) -> None:
+        """Raise CapacityError (with both policies' capacities) before any work if the request cannot fit."""
         if n_prompt < 1:
             raise CapacityError("empty prompt: at least one token is needed")
-        if self._busiest(n_prompt, max_new) > self.plan.kv_tokens_per_row or need > min(self.max_tokens, self.cfg.max_seq_len):
+        per_lane = self.lane_slots(lanes) if slots is None else min(slots, self.lane_slots(lanes))
+        need = n_prompt + max_new
+        if self._busiest(n_prompt, max_new) > per_lane or need > min(self.max_tokens, self.cfg.max_seq_len):
+            cap = {k: v * per_lane // self.plan.kv_tokens_per_row for k, v in self.plan.kv_capacity_tokens().items()}
+            share = f" per sequence ({lanes} sequences share the cache)" if lanes > 1 else ""
             raise CapacityError(f"prompt ({n_prompt} tokens) + max_new_tokens ({max_new}) = {need} tokens exceeds "
-                                f"the KV capacity of this plan: shift policy {cap['shift']}, concat policy "
+                                f"the KV capacity{share} of this plan: shift policy {cap['shift']}, concat policy "
                                 f"{cap['concat']} tokens (engine limit {self.max_tokens}, model context "
                                 f"{self.cfg.max_seq_len}) on grid {self.plan.grid}")
 
-    def slots_for(self, n_prompt: int, max_new: int) -> int:
-        """KV slots per row this request needs at its busiest row (rounded to 16 to share compiled steps)."""
-        return 16 * math.ceil(self._busiest(n_prompt, max_new) / 16)
+    def slots_for(self, n_prompt: int, max_new: int, lanes: int = 1) -> int:
+        """KV slots per row a request needs at its busiest row (rounded to 16 to share compiled steps)."""
+        return min(16 * math.ceil(self._busiest(n_prompt, max_new) / 16), max(self.lane_slots(lanes), 1))
 
     def _busiest(self, n_prompt: int, max_new: int) -> int:
         """Tokens on the fullest KV row at the end of a request (prompt K/V from the prefill, if any)."""
         p = n_prompt if self.pre is not None else 0
         return int(np.max(kv.counts(self.policy, n_prompt + max_new, p, self.plan.rows, np)))
 
-    # --- phases ------------------------------------------------------------------
-    def new_cache(self):
+    # --- numeric steps -------------------------------------------------------------
+    def new_cache(self, lanes: int = 1, slots: int | None = None):
+        """Zeroed K and V caches, one [lanes, R, slots, C, cb] array per layer."""
         p = self.plan
-        shape = (p.rows, self.slots, p.cols, p.heads.cb)
+        shape = (lanes, p.rows, slots or self.slots, p.cols, p.heads.cb)
         z = [jnp.zeros(shape, DTYPES[self.dtype]) for _ in range(2 * self.cfg.n_layers)]
         if self.devices is not None:
             z = [shard_cache(c, self.devices) for c in z]
         return tuple(z[: self.cfg.n_layers]), tuple(z[self.cfg.n_layers:])
 
-    def decode_one_token(self, caches, token: int, n: int, p: int = 0):
-        """Feed one token at position n (n tokens cached, p from a prefill): (greedy id, logits_x, caches, s)."""
+    def step(self, caches, tokens, ns, ps, active):
+        """One numeric decode step over every lane: (greedy tokens [B], logits_x [B, C_lm, vb], caches)."""
         kc, vc = caches
-        nxt, logits, kc, vc = self._step(self.weights, kc, vc, jnp.int32(token), jnp.float32(n), jnp.int32(n),
-                                         jnp.int32(p))
-        led = step_ledger(self.prog, n, self.slots, p)
+        nxt, logits, kc, vc = self._step(self.weights, kc, vc, jnp.asarray(tokens, jnp.int32),
+                                         jnp.asarray(ns, jnp.float32), jnp.asarray(ns, jnp.int32),
+                                         jnp.asarray(ps, jnp.int32), jnp.asarray(active, bool))
+        return np.asarray(nxt), logits, (kc, vc)
+
+    def decode_one_token(self, caches, token: int, n: int, p: int = 0):
+        """A batch of one: feed token at position n (n cached, p from a prefill) -> (id, logits_x, caches, s)."""
+        nxt, logits, caches = self.step(caches, [token], [n], [p], [True])
+        led = step_ledger(self.prog, n, caches[0][0].shape[2], p)
         self.ledger.merge(led)
-        return int(nxt), logits, (kc, vc), led.time_s
+        return int(nxt[0]), logits[0], caches, led.time_s
+
+    def fill_lane(self, caches, lane: int, prompt_ids: Sequence[int], slots: int):
+        """Put a prompt into one lane: (first greedy token, its logits_x, caches, predicted TTFT s, prefill count)."""
+        if self.pre is not None:
+            nxt, logits, (kc, vc), ttft = self.prefill(prompt_ids, slots)
+            return nxt, logits, self._put(caches, jnp.int32(lane), (kc, vc)), ttft, len(prompt_ids)
+        p = self.plan
+        zero = jnp.zeros((p.rows, slots, p.cols, p.heads.cb), DTYPES[self.dtype])
+        caches = self._put(caches, jnp.int32(lane), ((zero,) * self.cfg.n_layers,) * 2)
+        lanes = caches[0][0].shape[0]
+        tokens, ns, active = np.zeros(lanes, np.int32), np.zeros(lanes, np.int32), np.arange(lanes) == lane
+        ttft = 0.0
+        for n, tok in enumerate(prompt_ids):  # the reference path: the prompt through the decode program
+            tokens[lane], ns[lane] = tok, n
+            nxt, logits, caches = self.step(caches, tokens, ns, np.zeros(lanes, np.int32), active)
+            led = step_ledger(self.prog, n, slots, 0)
+            self.ledger.merge(led)
+            ttft += led.time_s
+        return int(nxt[lane]), logits[lane], caches, ttft, 0
 
     def logits_vector(self, logits_x) -> np.ndarray:
         return np.asarray(logits_x).reshape(-1)[: self.cfg.vocab_size]
 
+    # --- generation --------------------------------------------------------------
     def generate(self, prompt_ids: Sequence[int], params: SamplingParams, timing: Timing | None = None
                  ) -> Iterator[TokenEvent]:
-        """Yield generated token ids until EOS, a stop condition checked by the caller, or max_new_tokens."""
+        """Yield generated token ids until EOS or max_new_tokens (stop strings: the caller stops early)."""
         self.check_capacity(len(prompt_ids), params.max_new_tokens)
-        self.slots = self.slots_for(len(prompt_ids), params.max_new_tokens)
-        timing = timing if timing is not None else Timing()
+        batch = Batch(self, 1, self.slots_for(len(prompt_ids), params.max_new_tokens))
         self.ledger = Ledger(clock_hz=self.spec.clock_hz)
-        rng = np.random.default_rng(params.seed)
-        if self.pre is not None:
-            nxt, logits, caches, timing.ttft_s = self.prefill(prompt_ids)
-            p = len(prompt_ids)
-        else:
-            caches, t, p = self.new_cache(), 0.0, 0
-            for n, tok in enumerate(prompt_ids):  # the prompt, token by token (the reference path)
-                nxt, logits, caches, dt = self.decode_one_token(caches, tok, n)
-                t += dt
-            timing.ttft_s = t
-        n = len(prompt_ids)
-        eos = set(self.cfg.eos_token_ids) | set(getattr(self.tokenizer, "eos_ids", ()) or ())
-        extra = 0.0 if params.greedy else sampling_ledger(self.prog, params)
-        for i in range(params.max_new_tokens):
-            if not params.greedy:
-                tok = sample(self.logits_vector(logits), params, rng)
-                self.ledger.merge(extra)
-                if i == 0:
-                    timing.ttft_s += extra.time_s
-                else:
-                    timing.decode_s[-1] += extra.time_s
-            else:
-                tok = nxt
-            yield TokenEvent(token_id=tok, predicted_s=timing.ttft_s if i == 0 else timing.decode_s[-1])
-            if (tok in eos and not params.ignore_eos) or i == params.max_new_tokens - 1:
-                return
-            nxt, logits, caches, dt = self.decode_one_token(caches, tok, n, p)
-            timing.decode_s.append(dt)
-            n += 1
+        seq, ev = batch.add(prompt_ids, params, timing)
+        yield ev
+        while not seq.done:
+            for _, ev in batch.step():
+                yield ev
 
-    def prefill(self, prompt_ids: Sequence[int]):
+    def batch(self, requests: Sequence[tuple[Sequence[int], SamplingParams]], lanes: int | None = None) -> Batch:
+        """A batch sized for these requests (all checked before any work); add them with Batch.add."""
+        lanes = lanes or len(requests)
+        self.check_batch(requests, lanes)
+        slots = max(self.slots_for(len(ids), params.max_new_tokens, lanes) for ids, params in requests)
+        self.ledger = Ledger(clock_hz=self.spec.clock_hz)
+        return Batch(self, lanes, slots)
+
+    def check_batch(self, requests: Sequence[tuple[Sequence[int], SamplingParams]], lanes: int | None = None) -> None:
+        """Every request fits its lane's share of the cache (CapacityError otherwise), before any work."""
+        for ids, params in requests:
+            self.check_capacity(len(ids), params.max_new_tokens, lanes=lanes or len(requests))
+
+    def prefill(self, prompt_ids: Sequence[int], slots: int | None = None):
         """The prompt on the prefill grid, hand-off to the decode grid, first token from the last position.
 
-        Returns (greedy first token, logits_x, caches, predicted TTFT in seconds).
+        Returns (greedy first token, logits_x, one lane's caches [R, slots, C, cb] per layer, TTFT in s).
         """
+        slots = slots or self.slots
         T = len(prompt_ids)
         bucket = 32 * math.ceil(T / 32)  # padded tail rows never reach real ones (causal): fewer compiles
         x = jnp.asarray(np.pad(self.tok_emb[np.asarray(prompt_ids)], ((0, bucket - T), (0, 0))))
@@ -184,26 +186,20 @@ class Engine:
             ks.append(np.asarray(k[:T]))
             vs.append(np.asarray(v[:T]))
         nxt, logits = self._head(self.weights, x[T - 1])
-        kc = tuple(jnp.asarray(handoff.prompt_cache(self.prog, k, self.slots), DTYPES[self.dtype]) for k in ks)
-        vc = tuple(jnp.asarray(handoff.prompt_cache(self.prog, v, self.slots), DTYPES[self.dtype]) for v in vs)
-        if self.devices is not None:
-            kc, vc = tuple(shard_cache(c, self.devices) for c in kc), tuple(shard_cache(c, self.devices) for c in vc)
+        kc = tuple(jnp.asarray(handoff.prompt_cache(self.prog, k, slots), DTYPES[self.dtype]) for k in ks)
+        vc = tuple(jnp.asarray(handoff.prompt_cache(self.prog, v, slots), DTYPES[self.dtype]) for v in vs)
         led = self.prefill_ledger(T)
         self.ledger.merge(led)
-        return int(nxt), logits, (kc, vc), led.time_s
+        return int(nxt[0]), logits[0], (kc, vc), led.time_s
 
     def prefill_ledger(self, n_prompt: int) -> Ledger:
-        """TTFT's costs: embedding rows to the prefill grid, every layer (shape-only run of the same
-        program), hand-off, final norm + LM head + argmax on the decode side."""
-        led = Ledger(clock_hz=self.spec.clock_hz)
-        led.merge(handoff.embed_ledger(self.prog, self.pre, n_prompt))
-        pl = Ledger(clock_hz=self.spec.clock_hz)
-        x = jax.ShapeDtypeStruct((n_prompt, self.cfg.dim), np.float32)
-        self.pre.run(self.pre.mesh(pl), weight_shapes(self.cfg, DTYPES[self.dtype]), x)
-        led.merge(pl)
-        led.merge(handoff.handoff_ledger(self.prog, self.pre, n_prompt, jnp.dtype(DTYPES[self.dtype]).itemsize))
-        led.merge(first_token_ledger(self.prog), "first_token/")
-        return led
+        """TTFT's costs (handoff.ttft_ledger: the same function `waferllm predict` uses)."""
+        return handoff.ttft_ledger(self.prog, self.pre, n_prompt)
+
+
+def _put_lane(caches, lane, new):
+    """Write one lane's K/V ([R, slots, C, cb] per layer) into the batched caches."""
+    return tuple(tuple(c.at[lane].set(x.astype(c.dtype)) for c, x in zip(cs, xs)) for cs, xs in zip(caches, new))
 
 
 def _head_argmax(prog: DecodeProgram, mw, x):
@@ -213,13 +209,6 @@ def _head_argmax(prog: DecodeProgram, mw, x):
 
 
 def _to_rows(prog: DecodeProgram, x):
-    """x[D] -> x_y [R, kb] (zero padded)."""
+    """x[D] -> x_y [1, R, kb] (zero padded)."""
     p = prog.plan
-    return jnp.pad(x, (0, p.rows * p.kb - x.shape[0])).reshape(p.rows, p.kb)
-
-
-def first_token_ledger(prog: DecodeProgram) -> Ledger:
-    """Final norm, LM head and argmax for the prefill's last position (no embedding lookup)."""
-    led = head_ledger(prog)
-    led.phases.pop("embed", None)
-    return led
+    return jnp.pad(x, (0, p.rows * p.kb - x.shape[0])).reshape(1, p.rows, p.kb)

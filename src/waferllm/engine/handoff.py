@@ -12,6 +12,7 @@ from waferllm.engine import kv
 from waferllm.engine.decode import DecodeProgram
 from waferllm.engine.prefill import PrefillProgram
 from waferllm.machine import Ledger, noc
+from waferllm.spec.device import dtype_bytes
 
 
 def prompt_cache(prog: DecodeProgram, k_tokens: np.ndarray, slots: int) -> np.ndarray:
@@ -48,4 +49,34 @@ def embed_ledger(dec: DecodeProgram, pre: PrefillProgram, n_prompt: int) -> Ledg
     hops = dec.plan.lm_cols + max(pre.rows, pre.cols)
     with mesh.phase("prefill/embed"):
         mesh.charge_comm(noc.transfer_cycles(mesh, 4 * mb * nb, hops), hops=hops)
+    return led
+
+
+def prefill_layer_ledger(pre: PrefillProgram, n_tokens: int) -> Ledger:
+    """One prefill layer over n_tokens, shape-only (every layer has the same shapes)."""
+    import jax
+
+    from waferllm.engine.prefill import weight_shapes
+    from waferllm.engine.tiles import DTYPES
+
+    led = Ledger(clock_hz=pre.spec.clock_hz)
+    pre.run(pre.mesh(led), weight_shapes(pre.cfg, DTYPES[pre.dtype])[:1],
+            jax.ShapeDtypeStruct((n_tokens, pre.cfg.dim), np.float32))
+    return led
+
+
+def ttft_ledger(dec: DecodeProgram, pre: PrefillProgram, n_prompt: int) -> Ledger:
+    """Everything before the first token: embedding rows to the prefill grid, every layer (one traced,
+    charged layer-count times), the hand-off, inter-wafer hops, final norm + LM head + argmax."""
+    from waferllm.engine.cost import head_ledger, interwafer_ledger
+
+    led = Ledger(clock_hz=dec.spec.clock_hz)
+    led.merge(embed_ledger(dec, pre, n_prompt))
+    led.merge(prefill_layer_ledger(pre, n_prompt), times=dec.cfg.n_layers)
+    eb = dtype_bytes(pre.dtype)
+    led.merge(handoff_ledger(dec, pre, n_prompt, eb))
+    led.merge(interwafer_ledger(dec, n_prompt), "prefill/")
+    first = head_ledger(dec)
+    first.phases.pop("embed", None)  # the first token's input comes from the prefill, not the embedding
+    led.merge(first, "first_token/")
     return led

@@ -9,6 +9,7 @@ replicates it along Y), so entering costs no transfer.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -33,12 +34,10 @@ def shift_insert(cache, new, n):
     return jnp.where(put_rem[:, :, None, None], to_rem[None, None], out)
 
 
-def charge_shift(mesh: Mesh, n: int, cb: int, elem_bytes: int) -> None:
-    """Cost of one insertion when the cache held n tokens: one adjacent-row step for K and V, if any row moves."""
-    q, rem = divmod(n, mesh.rows)
-    if q > 0 and rem < mesh.rows - 1:
-        nbytes = 2 * cb * elem_bytes  # K and V slices travel on the same link
-        mesh.charge_comm(noc.transfer_cycles(mesh, nbytes, 1), hops=1)
+def shift_moves(n: int, rows: int) -> bool:
+    """Whether inserting token n (n cached) makes rows pass tokens up under the shift policy."""
+    q, rem = divmod(n, rows)
+    return q > 0 and rem < rows - 1
 
 
 # --- policies ------------------------------------------------------------------
@@ -94,10 +93,30 @@ def busiest_row(policy: str, n: int, p: int, rows: int) -> int:
     return int(np.max(counts(policy, n + 1, p, rows, np)))
 
 
-def charge_insert(mesh: Mesh, policy: str, n: int, cb: int, elem_bytes: int) -> None:
-    """Shift: one adjacent-row step when rows rebalance. Concat: the token is already on the tail row."""
-    if policy == "shift":
-        charge_shift(mesh, n, cb, elem_bytes)
+def step_load(policy: str, ns, ps, rows: int) -> tuple[int, int]:
+    """(tokens on the busiest row summed over the batch after this step's insertions, sequences whose rows
+    shift): all a decode step's charges depend on besides the batch size."""
+    tot = sum(counts(policy, n + 1, p, rows, np) for n, p in zip(ns, ps))
+    moving = sum(policy == "shift" and shift_moves(n, rows) for n in ns)
+    return int(np.max(tot)), int(moving)
+
+
+def charge_insert(mesh: Mesh, moving: int, cb: int, elem_bytes: int) -> None:
+    """Shift: one parallel adjacent-row step carrying the K and V slices of every sequence whose rows
+    rebalance. Concat: the token is already on the tail row (moving = 0)."""
+    if moving:
+        nbytes = moving * 2 * cb * elem_bytes  # K and V slices travel on the same link
+        mesh.charge_comm(noc.transfer_cycles(mesh, nbytes, 1), hops=1)
+
+
+def insert_batch(policy: str, caches, new, n, p):
+    """Each sequence's token into its own slots: caches [B, R, T, C, cb], new [B, C, cb], n, p [B]."""
+    return jax.vmap(lambda c, x, n1, p1: insert(policy, c, x, n1, p1))(caches, new, n, p)
+
+
+def valid_batch(policy: str, n, p, rows: int, slots: int):
+    """[B, R, T] bool: slots holding tokens when sequence b has n[b] tokens (p[b] from its prefill)."""
+    return jax.vmap(lambda n1, p1: policy_valid(policy, n1, p1, rows, slots))(n, p)
 
 
 def place_prompt_kv(policy: str, kv_tokens: np.ndarray, rows: int, slots: int) -> np.ndarray:

@@ -33,33 +33,84 @@ def prompt_ids(tokenizer, text: str, *, chat: bool, system: str | None = None) -
     return tokenizer.encode(text)
 
 
+class TextStream:
+    """Incremental detokenisation of one sequence: EOS and stop strings end it; text held back while it
+    could still become a stop string, and while it ends inside a multi-byte character."""
+
+    def __init__(self, tokenizer, eos_ids, params: SamplingParams, prompt_token_ids: Sequence[int]):
+        self.tok, self.eos, self.params = tokenizer, eos_ids, params
+        self.res = GenerationResult(prompt_token_ids=list(prompt_token_ids))
+        self.emitted = 0
+        self.done = False
+
+    def push(self, token_id: int) -> str:
+        """Take one generated token; return the text that became final (may be empty)."""
+        res, params = self.res, self.params
+        if token_id in self.eos and not params.ignore_eos:
+            res.finish_reason, self.done = "stop", True
+            return self.flush()
+        res.token_ids.append(token_id)
+        text = self.tok.decode(res.token_ids, skip_special=True)
+        cut = _stop_at(text, params.stop)
+        if cut is not None:
+            res.text, res.finish_reason, self.done = text[:cut], "stop", True
+            return self.flush()
+        res.text = text
+        if len(res.token_ids) >= params.max_new_tokens:
+            res.finish_reason, self.done = "length", True
+            return self.flush()
+        safe = _safe_prefix(text, params.stop)
+        if safe > self.emitted and not text[:safe].endswith("\ufffd"):
+            out, self.emitted = text[self.emitted:safe], safe
+            return out
+        return ""
+
+    def flush(self) -> str:
+        out = self.res.text[self.emitted:]
+        self.emitted = len(self.res.text)
+        return out
+
+
 def generate_text(engine: Engine, ids: Sequence[int], params: SamplingParams,
                   on_text: Callable[[str], None] | None = None) -> GenerationResult:
     """Run one prompt; on_text receives text increments as they become final (stop strings held back)."""
-    tok = engine.tokenizer
-    res = GenerationResult(prompt_token_ids=list(ids))
+    stream = TextStream(engine.tokenizer, engine.eos_ids, params, ids)
     t0 = time.perf_counter()
-    emitted = 0
-    eos = set(engine.cfg.eos_token_ids) | set(getattr(tok, "eos_ids", ()) or ())
-    for ev in engine.generate(ids, params, res.timing):
-        if ev.token_id in eos and not params.ignore_eos:
-            res.finish_reason = "stop"
+    for ev in engine.generate(ids, params, stream.res.timing):
+        delta = stream.push(ev.token_id)
+        if on_text and delta:
+            on_text(delta)
+        if stream.done:
             break
-        res.token_ids.append(ev.token_id)
-        text = tok.decode(res.token_ids, skip_special=True)
-        cut = _stop_at(text, params.stop)
-        if cut is not None:
-            res.text, res.finish_reason = text[:cut], "stop"
-            break
-        res.text = text
-        safe = _safe_prefix(text, params.stop)
-        if on_text and safe > emitted and not text[:safe].endswith("\ufffd"):
-            on_text(text[emitted:safe])
-            emitted = safe
-    if on_text and len(res.text) > emitted:
-        on_text(res.text[emitted:])
-    res.wall_s = time.perf_counter() - t0
-    return res
+    stream.res.wall_s = time.perf_counter() - t0
+    return stream.res
+
+
+def generate_batch_text(engine: Engine, prompts: Sequence[Sequence[int]], params: SamplingParams
+                        ) -> tuple[list[GenerationResult], float]:
+    """Decode several prompts together (one lane each): their results and the batch's aggregate
+    predicted decode tokens/s. Each sequence leaves the batch when it finishes."""
+    t0 = time.perf_counter()
+    batch = engine.batch([(ids, params) for ids in prompts])
+    streams = {}
+    for ids in prompts:  # prefill each prompt into its lane, then decode them all together
+        stream = TextStream(engine.tokenizer, engine.eos_ids, params, ids)
+        seq, ev = batch.add(ids, params, stream.res.timing)
+        streams[seq] = stream
+        _push(batch, seq, stream, ev.token_id)
+    while batch.live:
+        for seq, ev in batch.step():
+            _push(batch, seq, streams[seq], ev.token_id)
+    wall = time.perf_counter() - t0
+    for s in streams.values():
+        s.res.wall_s = wall
+    return [s.res for s in streams.values()], batch.decode_tokens_per_s
+
+
+def _push(batch, seq, stream: TextStream, token_id: int) -> None:
+    stream.push(token_id)
+    if stream.done:
+        batch.finish(seq, stream.res.finish_reason)
 
 
 def _stop_at(text: str, stops: Sequence[str]) -> int | None:

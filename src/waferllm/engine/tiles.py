@@ -135,7 +135,7 @@ def shard_weights(mw: MeshWeights, dmesh) -> MeshWeights:
 
 
 def shard_cache(c: jax.Array, dmesh) -> jax.Array:
-    """A KV cache [R, T, C, cb] over the device mesh (rows on gy, columns on gx)."""
+    """A KV cache [lanes, R, T, C, cb] over the device mesh (rows on gy, columns on gx)."""
     from jax.sharding import NamedSharding
 
-    return jax.device_put(c, NamedSharding(dmesh, _spec(c.ndim, 0, 2)))
+    return jax.device_put(c, NamedSharding(dmesh, _spec(c.ndim, 1, 3)))

@@ -1,9 +1,10 @@
-"""Decode attention over a KV cache spread over the grid: sequence along Y, K/V dims along X.
+"""Decode attention over KV caches spread over the grid: sequence along Y, K/V dims along X.
 
-q_x [C, cb, n_rep] (query heads sharing a KV head ride on that head's dim slots); K, V [R, T, C, cb];
-valid [R, T] marks the slots that hold tokens (tokens move under the shift policy, the mask follows).
-Scores reduce per head along X (segmented when heads own whole columns), softmax reduces along Y
-(max, then sum), P.V reduces along Y: out o_x [C, cb, n_rep], laid out like q.
+B sequences, each with its own slots on every core: q_x [B, C, cb, n_rep] (query heads sharing a KV head
+ride on that head's dim slots); K, V [B, R, T, C, cb]; valid [B, R, T] marks the slots that hold tokens
+(tokens move under the shift policy, the mask follows). Scores reduce per head along X (segmented when
+heads own whole columns), softmax reduces along Y (max, then sum), P.V reduces along Y: out o_x
+[B, C, cb, n_rep], laid out like q. One message per reduction carries every sequence's elements.
 """
 
 from __future__ import annotations
@@ -17,32 +18,34 @@ F32 = jnp.float32
 
 
 def decode_attention(mesh: Mesh, q_x, k, v, valid, head_mask, *, scale: float, segment: int, tokens_per_row: int):
-    """softmax(q K^T * scale) V per head on the mesh; tokens_per_row (the busiest row) sizes the charged work."""
-    R, T, C, cb = k.shape
+    """softmax(q K^T * scale) V per sequence and head; tokens_per_row = the busiest core's cached tokens
+    summed over the batch (it sizes the charged work)."""
+    B, R, T, C, cb = k.shape
     n_rep = q_x.shape[-1]
     slots = head_mask.shape[-1]
     t = tokens_per_row
     dt = jnp.dtype(k.dtype).name
     with mesh.phase("scores"):
         mesh.charge_compute(local.matmul_cycles(mesh, t, cb, n_rep, dt), macs=t * cb * n_rep)
-        qm = q_x.astype(F32)[:, :, None, :] * head_mask[:, :, :, None]  # [C, cb, S, r]: q split by head slot
-        part = jnp.einsum("cdsr,ytcd->yctsr", qm, k.astype(F32))
-        s = _reduce(mesh, part, "x", "sum", segment, t * slots * n_rep)  # [R, C, T, S, r]
+        qm = q_x.astype(F32)[:, :, :, None, :] * head_mask[None, :, :, :, None]  # [B, C, cb, S, r] by head slot
+        part = jnp.einsum("bcdsr,bytcd->ycbtsr", qm, k.astype(F32))
+        s = _reduce(mesh, part, "x", "sum", segment, t * slots * n_rep)  # [R, C, B, T, S, r]
     with mesh.phase("softmax"):
-        s = jnp.where(valid[:, None, :, None, None], s * scale, -jnp.inf)
+        live = jnp.transpose(valid, (1, 0, 2))[:, None, :, :, None, None]  # [R, 1, B, T, 1, 1]
+        s = jnp.where(live, s * scale, -jnp.inf)
         local.charge_elementwise(mesh, t * slots * n_rep, ops=2)  # scale, local max
-        m = _reduce(mesh, jnp.max(s, axis=2), "y", "max", None, slots * n_rep)  # [R, C, S, r]
-        e = jnp.where(valid[:, None, :, None, None], jnp.exp(s - m[:, :, None]), 0.0)
+        m = _reduce(mesh, jnp.max(s, axis=3), "y", "max", None, B * slots * n_rep)  # [R, C, B, S, r]
+        e = jnp.where(live, jnp.exp(s - m[:, :, :, None]), 0.0)
         local.charge_elementwise(mesh, t * slots * n_rep, special=1, ops=2)  # exp, local sum
-        z = _reduce(mesh, jnp.sum(e, axis=2), "y", "sum", None, slots * n_rep)
+        z = _reduce(mesh, jnp.sum(e, axis=3), "y", "sum", None, B * slots * n_rep)
         local.charge_elementwise(mesh, t * slots * n_rep, special=1)  # one reciprocal-multiply each
-        p = e / z[:, :, None]
+        p = e / z[:, :, :, None]
     with mesh.phase("pv"):
         mesh.charge_compute(local.matmul_cycles(mesh, cb, t, n_rep, dt), macs=t * cb * n_rep)
-        pd = jnp.einsum("cds,yctsr->yctdr", head_mask, p)  # each dim slot takes its head's weights
-        o = jnp.einsum("yctdr,ytcd->ycdr", pd, v.astype(F32))
-        o = _reduce(mesh, o, "y", "sum", None, cb * n_rep)
-    return o[0]  # [C, cb, n_rep], replicated along Y
+        pd = jnp.einsum("cds,ycbtsr->ycbtdr", head_mask, p)  # each dim slot takes its head's weights
+        o = jnp.einsum("ycbtdr,bytcd->ycbdr", pd, v.astype(F32))
+        o = _reduce(mesh, o, "y", "sum", None, B * cb * n_rep)
+    return jnp.transpose(o[0], (1, 0, 2, 3))  # [B, C, cb, n_rep], replicated along Y
 
 
 def _reduce(mesh: Mesh, x, axis: str, op: str, segment: int | None, elems: int):
