@@ -6,9 +6,10 @@ RoPE never needs a neighbour's data. The query dims of the n_rep heads sharing a
 same core as that KV head's dims (q laid out [kv-dim slot, rep]), so scores need no data movement
 beyond the per-head reduction.
 
-aligned: C is a multiple of Hkv; each head owns C/Hkv whole columns and the score reduction is a
-segmented allreduce over those columns. Otherwise the dims are cut flat and a column may touch several
-heads; partial scores then carry every KV head and reduce over the whole row.
+aligned (C >= Hkv): each head owns s = C // Hkv whole columns and the score reduction is a segmented
+allreduce over those s columns; the C - Hkv*s leftover columns hold no K/V dims (when C is a multiple of
+Hkv there are none). Only when C < Hkv are the dims cut flat, so a column may touch several heads;
+partial scores then carry every KV head and reduce over the whole row.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class HeadLayout:
 
     @property
     def segment(self) -> int:
-        """Columns per score reduction."""
+        """Columns per score reduction (a shorter last segment holds the leftover, idle columns)."""
         return self.cols // self.n_kv if self.aligned else self.cols
 
     def head_mask(self) -> np.ndarray:
@@ -55,7 +56,7 @@ class HeadLayout:
     def slot_heads(self) -> np.ndarray:
         """[C, slots] the KV head of each score slot on each column."""
         if self.aligned:
-            return (np.arange(self.cols) // self.segment)[:, None]
+            return np.minimum(np.arange(self.cols) // self.segment, self.n_kv - 1)[:, None]
         return np.broadcast_to(np.arange(self.n_kv)[None, :], (self.cols, self.n_kv))
 
     def pair_index(self) -> np.ndarray:
@@ -65,10 +66,10 @@ class HeadLayout:
 
 
 def head_layout(cols: int, head_dim: int, n_kv: int, n_rep: int) -> HeadLayout:
-    """Cut the K/V dims over `cols` columns (aligned per head when cols is a multiple of Hkv)."""
+    """Cut the K/V dims over `cols` columns (whole columns per head when cols >= Hkv)."""
     half = head_dim // 2
     inner = np.stack([np.arange(half), np.arange(half) + half], axis=1).reshape(-1)  # 0, h/2, 1, h/2+1, ...
-    aligned = cols % n_kv == 0
+    aligned = cols >= n_kv
     if aligned:
         s = cols // n_kv
         cb = _even_ceil(head_dim / s)

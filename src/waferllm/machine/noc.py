@@ -87,13 +87,12 @@ def allreduce(mesh: Mesh, x: Array, axis: str, algo: str = "ktree", *, groups: i
     """Sum (or max) every core's tile along `axis`; result replicated along it.
 
     algo: ktree (two-phase K=2 tree, then multicast), pipeline (chain + multicast), ring (interleaved
-    ring reduce-scatter + allgather). segment=s reduces within consecutive groups of s cores only.
+    ring reduce-scatter + allgather). segment=s reduces within consecutive groups of s cores only (the
+    last group is shorter when s does not divide the line).
     elems overrides the charged elements per core (when x holds padding the core would not send).
     """
     n = mesh.size(axis)
-    seg = segment or n
-    if n % seg:
-        raise ValueError(f"segment {seg} does not divide {n} cores along {axis}")
+    seg = min(segment or n, n)  # a shorter last segment takes the leftover cores
     eb = np.dtype(x.dtype).itemsize
     elems = int(math.prod(x.shape[2:])) if elems is None else elems
     cost, hops, stages = _allreduce_cost(mesh, algo, seg, elems, eb, groups)
@@ -102,12 +101,15 @@ def allreduce(mesh: Mesh, x: Array, axis: str, algo: str = "ktree", *, groups: i
         return x
     a = AX[axis]
     v = jnp.moveaxis(x, a, 0)  # [n, other, *tile]
-    v = v.reshape((n // seg, seg) + v.shape[1:])
+    pad = -n % seg
+    if pad:  # the short last segment, padded with the identity (its padding is dropped below)
+        v = jnp.concatenate([v, jnp.full((pad,) + v.shape[1:], 0.0 if op == "sum" else -jnp.inf, v.dtype)])
+    v = v.reshape(((n + pad) // seg, seg) + v.shape[1:])
     v = jnp.moveaxis(v, 1, 0)  # [seg, n_segments, other, *tile]
     red = {"ktree": lambda t: _ktree(t, groups or default_groups(seg), op),
            "pipeline": lambda t: _chain(t, op), "ring": lambda t: _ring(t, op)}[algo](v)
     out = jnp.broadcast_to(red[None], v.shape)
-    out = jnp.moveaxis(out, 0, 1).reshape((n,) + v.shape[2:])
+    out = jnp.moveaxis(out, 0, 1).reshape((n + pad,) + v.shape[2:])[:n]
     return jnp.moveaxis(out, 0, a)
 
 
