@@ -20,13 +20,15 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> Parser:
-    from waferllm.cli import bench, generate, predict, validate
+    from waferllm.cli import bench, compare, generate, predict, serve, validate
 
     p = Parser(prog="waferllm", description="Wafer-scale LLM inference on a simulated PLMR mesh.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     bench.add_parser(sub)
+    compare.add_parser(sub)
     generate.add_parser(sub)
     predict.add_parser(sub)
+    serve.add_parser(sub)
     validate.add_parsers(sub)
     return p
 

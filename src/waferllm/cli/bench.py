@@ -13,8 +13,8 @@ DEFAULT_SHAPE = {"gemv": "16384x16384", "gemm": "2048x2048x2048"}
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="cost GEMV/GEMM algorithms on a grid")
-    p.add_argument("kernel", choices=["gemv", "gemm"])
+    p = sub.add_parser("bench", help="cost GEMV/GEMM algorithms on a grid, or load-test a server (bench serve)")
+    p.add_argument("kernel", choices=["gemv", "gemm", "serve"])
     add_device_args(p)
     p.add_argument("--grid", default="720x720", help="ROWSxCOLS cores (default 720x720)")
     p.add_argument("--shape", default=None, help="gemv: KxN (x[K] @ W[K,N]); gemm: MxKxN")
@@ -22,10 +22,19 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", default="float16", help="float16 | bfloat16 | float32")
     p.add_argument("--json", action="store_true", help="print a JSON array, one object per algorithm")
     p.add_argument("--plot", metavar="PNG", help="also plot latency against grid side for each algorithm")
+    s = p.add_argument_group("bench serve (against a running `waferllm serve`)")
+    s.add_argument("--base-url", default="http://127.0.0.1:8000", help="server address")
+    s.add_argument("--model", default=None, help="model id (default: the server's first model)")
+    s.add_argument("--num-prompts", type=int, default=16)
+    s.add_argument("--request-rate", type=float, default=float("inf"), help="requests/s (Poisson); inf = all at once")
+    s.add_argument("--max-tokens", type=int, default=32, help="output tokens per request (EOS ignored)")
+    s.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.kernel == "serve":
+        return run_serve(args)
     spec = device_from_args(args)
     grid = parse_grid(args.grid)
     shape = parse_shape(args.kernel, args.shape or DEFAULT_SHAPE[args.kernel])
@@ -84,3 +93,42 @@ def _plot(path, spec, kernel, algos, grid, shape, dtype, quiet) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def run_serve(args) -> int:
+    """Load-test a server and print vLLM-style metrics, wall-clock and predicted on the wafer."""
+    import asyncio
+
+    import httpx
+    from rich.progress import Progress
+
+    from waferllm.cli import ArgError
+    from waferllm.server.bench import run_bench, summarize
+
+    if args.num_prompts < 1 or args.max_tokens < 1 or not args.request_rate > 0:
+        raise ArgError("--num-prompts and --max-tokens must be >= 1 and --request-rate > 0")
+    url = args.base_url.rstrip("/")
+    try:
+        models = httpx.get(url + "/v1/models", timeout=10).json()["data"]
+    except (httpx.HTTPError, ValueError, KeyError) as e:
+        raise ArgError(f"no waferllm server at {url} ({type(e).__name__}); start one with `waferllm serve`") from None
+    model = args.model or models[0]["id"]
+    with Progress(transient=True, disable=args.json) as prog:
+        task = prog.add_task("requests", total=args.num_prompts)
+        stats, dur = asyncio.run(run_bench(url, model, args.num_prompts, args.request_rate, args.max_tokens,
+                                           args.seed, progress=lambda: prog.advance(task)))
+    res = summarize(stats, dur)
+    res["predicted_decode_tokens_per_s"] = httpx.get(url + "/health", timeout=10).json().get(
+        "predicted_decode_tokens_per_s", 0.0)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0 if res["completed"] else 1
+    print(f"{res['completed']} of {args.num_prompts} requests in {res['duration_s']:.2f} s; request throughput "
+          f"{res['request_throughput']:.2f} req/s, output throughput {res['output_throughput']:.1f} tok/s (wall); "
+          f"predicted aggregate decode {res['predicted_decode_tokens_per_s']:,.0f} tok/s on the wafer")
+    rows = [[m.upper(), *(f"{res[f'{k}{s}_{m}_ms']:.3f}" for k in ("", "predicted_") for s in ("mean", "median", "p99"))]
+            for m in ("ttft", "tpot", "itl", "e2el")]
+    print(table(["metric (ms)", "mean", "median", "p99", "pred. mean", "pred. median", "pred. p99"], rows))
+    for e in res["errors"]:
+        print(f"  failed: {e}")
+    return 0 if res["completed"] else 1
