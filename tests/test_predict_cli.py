@@ -25,7 +25,7 @@ def test_predict_prefill_json():
     (["--model", "foo"], "unknown model 'foo'"),
     (["--model", "llama3-8b", "--grid", "0x3"], "bad grid '0x3'"),
     (["--model", "llama3-8b", "--context", "0"], "--context must be > 0"),
-    (["--model", "llama3-8b", "--context", "999999"], "beyond the model's context"),
+    (["--model", "llama3-8b", "--context", "999999"], "beyond llama3-8b's context"),
     (["--model", "llama3-8b", "--grid", "2000x2000"], "does not fit device wse2"),
     (["--model", "llama3-8b", "--grid", "4x4"], "too small for llama3-8b"),
     (["--model", "llama3-8b", "--device", "wse9"], "known devices: wse2, wse3"),
@@ -35,3 +35,40 @@ def test_predict_bad_input(args, msg):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and msg in lines[0], res.stderr
+
+
+def test_predict_e2e_batch_json():
+    res = _run("--model", "llama3-8b", "--phase", "e2e", "--grid", "420x420", "--prefill-grid", "480x480",
+               "--input-len", "1024", "--output-len", "16", "--batch", "2", "--json")
+    assert res.returncode == 0, res.stderr
+    o = json.loads(res.stdout)
+    assert o["tokens_per_s"] == pytest.approx(16 * 2 / o["time_s"])
+    assert o["time_s"] == pytest.approx(2 * o["ttft_s"] + 15 * o["tpot_s"])
+    assert o["wafers"] >= 2 and "decode/interwafer" in o["breakdown"]  # 8B at 16 bit overflows one wafer
+    assert 0 < o["utilization"]["mac"] < 1 and 0 < o["utilization"]["sram_bandwidth"] < 1
+    for k in ("cycles", "grid", "prefill_grid", "breakdown", "peak_core_bytes", "routes_per_core",
+              "kv_capacity_tokens", "fits"):
+        assert k in o
+
+
+def test_predict_agrees_with_the_engine(engine_for, smollm):
+    """predict's shape-only TTFT and TPOT equal the cycles the numeric engine charged for the same plan."""
+    from waferllm.engine.sampling import SamplingParams
+    from waferllm.engine.textgen import prompt_ids
+    from waferllm.perf.predict import predict
+
+    eng = engine_for("20x20")
+    ids = prompt_ids(smollm[2], "What is the capital of France?", chat=True)
+    timing = None
+    for ev in eng.generate(ids, SamplingParams(max_new_tokens=3, ignore_eos=True)):
+        timing = ev
+    from waferllm.engine.batch import Timing
+
+    t = Timing()
+    list(eng.generate(ids, SamplingParams(max_new_tokens=3, ignore_eos=True), t))
+    pre = predict(eng.cfg, eng.spec, phase="prefill", grid="20x20", prefill_grid="20x20", input_len=len(ids),
+                  dtype="float32")
+    dec = predict(eng.cfg, eng.spec, phase="decode", grid="20x20", context=len(ids) + 1, dtype="float32")
+    assert pre.ttft_s == pytest.approx(t.ttft_s, rel=1e-12)
+    assert dec.tpot_s == pytest.approx(t.decode_s[0], rel=1e-12)
+    assert timing is not None

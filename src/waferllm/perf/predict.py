@@ -1,26 +1,29 @@
 """Predictions from shape-only runs of the engine's own programs (no weights needed).
 
-decode: one decode step (every layer, the hand-overs between regions, the LM head) at a context of N
-tokens; prefill: the prefill program over N input tokens plus the first token. The same functions
-produced the verified tokens; here they run on jax.ShapeDtypeStruct stand-ins.
+decode: one decode step of a batch (every layer, the hand-overs between regions and wafers, the LM head)
+at a context of N tokens; prefill: the prefill program over N input tokens (one layer traced, charged
+layer-count times) plus inter-wafer hops and the first token; e2e: prefill then output_len decode steps.
+The same functions produced the verified tokens; here they run on jax.ShapeDtypeStruct stand-ins.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import jax
 import numpy as np
 
 from waferllm import WaferError
-from waferllm.engine.cost import step_ledger
+from waferllm.engine import handoff
+from waferllm.engine.cost import layer_ledger, step_ledger
 from waferllm.engine.decode import DecodeProgram
 from waferllm.engine.placement import auto_grid, plan_decode
-from waferllm.engine.prefill import PrefillProgram, weight_shapes
+from waferllm.engine.prefill import PrefillProgram
 from waferllm.engine.tiles import DTYPES
 from waferllm.machine import Ledger, Mesh, parse_grid
 from waferllm.model.config import ModelConfig
 from waferllm.spec import DeviceSpec
+
+PHASES = ("prefill", "decode", "e2e")
 
 
 class PredictError(WaferError):
@@ -35,8 +38,10 @@ class Prediction:
     cycles: float
     time_s: float
     tokens_per_s: float
+    paper_tokens_per_s: float | None  # the artifact's definition: one layer's cycles x layer count, nothing else
     grid: str
     prefill_grid: str | None
+    batch: int
     breakdown: dict
     peak_core_bytes: int
     routes_per_core: int
@@ -44,12 +49,15 @@ class Prediction:
     wafers: int
     fits: bool
     layers_per_region: int
+    utilization: dict
+    ttft_s: float | None = None
+    tpot_s: float | None = None
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
 
-def _breakdown(led: Ledger, depth: int = 3) -> dict:
+def breakdown(led: Ledger, depth: int = 3) -> dict:
     """Cycles by phase label truncated to `depth` parts, split into compute and communication."""
     out: dict[str, dict] = {}
     for k, p in led.phases.items():
@@ -61,38 +69,99 @@ def _breakdown(led: Ledger, depth: int = 3) -> dict:
     return dict(sorted(out.items(), key=lambda kv: -kv[1]["cycles"]))
 
 
-def predict(cfg: ModelConfig, spec: DeviceSpec, *, phase: str, grid: str = "auto", prefill_grid: str = "auto",
-            context: int = 1, input_len: int = 128, batch: int = 1, dtype: str = "float16",
-            policy: str = "shift") -> Prediction:
-    """Shape-only prediction for a model on a device."""
-    if phase not in ("decode", "prefill"):
-        raise PredictError(f"unknown phase {phase!r}; known: prefill, decode")
-    for name, v in (("context", context), ("input-len", input_len), ("batch", batch)):
+def check_args(cfg: ModelConfig, phase: str, **lengths: int) -> None:
+    if phase not in PHASES:
+        raise PredictError(f"unknown phase {phase!r}; known: {', '.join(PHASES)}")
+    for name, v in lengths.items():
         if v <= 0:
-            raise PredictError(f"--{name} must be > 0, got {v}")
-    if context > cfg.max_seq_len or input_len > cfg.max_seq_len:
-        raise PredictError(f"length beyond the model's context of {cfg.max_seq_len} tokens")
-    rc = auto_grid(cfg, spec, dtype, context) if grid == "auto" else parse_grid(grid)
+            raise PredictError(f"--{name.replace('_', '-')} must be > 0, got {v}")
+    longest = max(lengths.get("context", 1), lengths.get("input_len", 1) + lengths.get("output_len", 0))
+    if longest > cfg.max_seq_len:
+        raise PredictError(f"{longest} tokens is beyond {cfg.name}'s context of {cfg.max_seq_len} tokens "
+                           "(no RoPE scaling)")
+
+
+def decode_program(cfg: ModelConfig, spec: DeviceSpec, grid, dtype: str, tokens: int, policy: str = "shift"):
+    rc = auto_grid(cfg, spec, dtype, tokens) if grid == "auto" else (parse_grid(grid) if isinstance(grid, str) else grid)
     Mesh(spec, *rc)
-    plan = plan_decode(cfg, spec, rc, dtype, min_tokens=context if phase == "decode" else 1)
-    prog = DecodeProgram(cfg=cfg, plan=plan, spec=spec, policy=policy)
+    plan = plan_decode(cfg, spec, rc, dtype, min_tokens=tokens)
+    return DecodeProgram(cfg=cfg, plan=plan, spec=spec, policy=policy)
+
+
+def prefill_program(cfg: ModelConfig, spec: DeviceSpec, prefill_grid, decode_rc: tuple[int, int], dtype: str):
+    pr = (min(decode_rc),) * 2 if prefill_grid == "auto" else (
+        parse_grid(prefill_grid) if isinstance(prefill_grid, str) else prefill_grid)
+    Mesh(spec, *pr)
+    return PrefillProgram(cfg=cfg, spec=spec, rows=pr[0], cols=pr[1], dtype=dtype)
+
+
+def prefill_ledger(dec: DecodeProgram, pre: PrefillProgram, n_tokens: int, batch: int = 1) -> Ledger:
+    """TTFT's costs exactly as the engine charges them (handoff.ttft_ledger), once per prompt of the batch."""
+    led = Ledger(clock_hz=dec.spec.clock_hz)
+    led.merge(handoff.ttft_ledger(dec, pre, n_tokens), times=batch)
+    return led
+
+
+def predict(cfg: ModelConfig, spec: DeviceSpec, *, phase: str, grid="auto", prefill_grid="auto",
+            context: int = 4096, input_len: int = 4096, output_len: int = 128, batch: int = 1,
+            dtype: str = "float16", policy: str = "shift") -> Prediction:
+    """Shape-only prediction for a model on a device (see the module docstring for the phases)."""
+    check_args(cfg, phase, context=context, input_len=input_len, output_len=output_len, batch=batch)
+    tokens = context if phase == "decode" else (input_len + output_len if phase == "e2e" else 1)
+    dec = decode_program(cfg, spec, grid, dtype, tokens, policy)
+    plan = dec.plan
     cap = plan.kv_capacity_tokens()
+    pre, ttft, tpot = None, None, None
     if phase == "decode":
-        led = step_ledger(prog, context - 1, 0)
+        led = step_ledger(dec, [context - 1] * batch, 0, [context - 1] * batch)
         t = led.time_s
         tps = batch / t
-        pg = None
+        paper = spec.clock_hz / (layer_ledger(dec, [context - 1], 0, [context - 1]).cycles * cfg.n_layers)
+        tpot = t
     else:
-        pr = (min(rc),) * 2 if prefill_grid == "auto" else parse_grid(prefill_grid)  # as the engine's auto
-        Mesh(spec, *pr)
-        pre = PrefillProgram(cfg=cfg, spec=spec, rows=pr[0], cols=pr[1], dtype=dtype)
-        led = Ledger(clock_hz=spec.clock_hz)
-        pre.run(pre.mesh(led), weight_shapes(cfg, DTYPES[dtype]), jax.ShapeDtypeStruct((input_len, cfg.dim),
-                                                                                       np.float32))
-        t = led.time_s
-        tps = input_len * batch / t
-        pg = f"{pr[0]}x{pr[1]}"
-    return Prediction(phase=phase, cycles=led.cycles, time_s=t, tokens_per_s=tps, grid=plan.grid, prefill_grid=pg,
-                      breakdown=_breakdown(led), peak_core_bytes=max(plan.peak_core_bytes, led.peak_core_bytes),
+        pre = prefill_program(cfg, spec, prefill_grid, (plan.rows, plan.cols), dtype)
+        led = prefill_ledger(dec, pre, input_len, batch)
+        ttft = led.time_s / batch
+        paper = input_len * spec.clock_hz / (handoff.prefill_layer_ledger(pre, input_len).cycles * cfg.n_layers)
+        if phase == "prefill":
+            t, tps = led.time_s, input_len * batch / led.time_s
+        else:
+            for i in range(1, output_len):  # decode steps at growing contexts (cached per busiest row)
+                n = input_len + i - 1
+                led.merge(step_ledger(dec, [n] * batch, 0, [input_len] * batch))
+            t = led.time_s
+            tps = output_len * batch / t
+            tpot = (t - ttft * batch) / max(output_len - 1, 1)
+            paper = None  # the artifact measured single phases only
+    return Prediction(phase=phase, cycles=led.cycles, time_s=t, tokens_per_s=tps, paper_tokens_per_s=paper,
+                      grid=plan.grid, prefill_grid=f"{pre.rows}x{pre.cols}" if pre else None, batch=batch,
+                      breakdown=breakdown(led), peak_core_bytes=max(plan.peak_core_bytes, led.peak_core_bytes),
                       routes_per_core=led.routes_per_core, kv_capacity_tokens=cap, wafers=plan.wafers,
-                      fits=plan.wafers == 1 and context <= cap[policy], layers_per_region=plan.layers_per_region)
+                      fits=plan.wafers == 1 and tokens * batch <= cap[policy], layers_per_region=plan.layers_per_region,
+                      utilization=utilization(cfg, spec, plan, pre, phase, led, tokens, input_len, batch),
+                      ttft_s=ttft, tpot_s=tpot)
+
+
+def utilization(cfg, spec, plan, pre, phase: str, led: Ledger, context: int, input_len: int, batch: int) -> dict:
+    """Achieved MACs / peak MACs of the cores in use, and SRAM bytes read / peak SRAM bandwidth.
+
+    Decode reads every weight and cached K/V once per token; in prefill every core reads each operand
+    tile that passes it (weights and activations, grid-side times over a MeshGEMM).
+    """
+    eb = np.dtype(DTYPES[plan.dtype]).itemsize
+    w = cfg.n_layers * (cfg.dim * (cfg.q_dim + 2 * cfg.kv_dim) + cfg.q_dim * cfg.dim + 3 * cfg.dim * cfg.ffn_dim)
+    head = cfg.dim * cfg.vocab_size
+    if phase == "decode":
+        kv = cfg.n_layers * context * cfg.kv_dim
+        macs = batch * (w + head + cfg.n_layers * 2 * context * cfg.q_dim)
+        read = (w + head + 2 * batch * kv) * eb
+        cores = plan.rows * plan.cols * (plan.layer_regions + plan.lm_regions)
+    else:
+        T, side = input_len, max(pre.rows, pre.cols)
+        macs = batch * (T * w + cfg.n_layers * T * T * cfg.q_dim)
+        act = cfg.n_layers * T * (2 * cfg.dim + cfg.q_dim + 2 * cfg.kv_dim + 2 * cfg.ffn_dim)
+        read = batch * side * (w + act) * eb
+        cores = pre.rows * pre.cols
+    peak_macs = cores * spec.macs_per_cycle(plan.dtype) * led.cycles
+    peak_bytes = cores * spec.sram_bytes_per_cycle_per_core * led.cycles
+    return {"cores": cores, "mac": macs / peak_macs, "sram_bandwidth": read / peak_bytes}

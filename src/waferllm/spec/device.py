@@ -40,6 +40,9 @@ class DeviceSpec:
     special_function_cycles: float  # one exp / rsqrt / sigmoid on one element (software on the core)
     routes_per_core: int  # R: distinct routes (colours) a router can hold
     power_w: float  # whole-system power for energy figures
+    sram_bytes_per_cycle_per_core: float  # peak SRAM read bandwidth of one core (utilization figures)
+    interwafer_bytes_per_s: float  # one wafer's I/O to the next wafer of a pipeline
+    interwafer_latency_s: float  # one message from wafer to wafer (NIC, switch, NIC)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -48,7 +51,8 @@ class DeviceSpec:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise SpecError(f"device {self.name!r}: {name} must be a positive integer, got {v!r}")
-        for name in ("clock_hz", "fp32_macs_per_cycle", "fp16_macs_per_cycle", "alpha_cycles_per_hop", "power_w"):
+        for name in ("clock_hz", "fp32_macs_per_cycle", "fp16_macs_per_cycle", "alpha_cycles_per_hop", "power_w",
+                     "sram_bytes_per_cycle_per_core", "interwafer_bytes_per_s", "interwafer_latency_s"):
             if not _is_num(getattr(self, name)) or getattr(self, name) <= 0:
                 raise SpecError(f"device {self.name!r}: {name} must be a positive number, got {getattr(self, name)!r}")
         for name in ("beta_cycles_per_relay", "relay_cycles_per_element", "message_overhead_cycles",

@@ -39,6 +39,9 @@ _WSE2 = dict(
     fp16_macs_per_cycle=2.0,
     routes_per_core=32,
     power_w=15000.0,
+    sram_bytes_per_cycle_per_core=round(2.2e16 / 850_000 / 1.1e9, 2),
+    interwafer_bytes_per_s=150e9,
+    interwafer_latency_s=2e-6,
     **_WSE2_FITTED,
     **_WSE2_ASSUMED,
 )
@@ -54,6 +57,10 @@ _WSE2_SOURCES = {
                            f"(impossible), 4 needs 22 cycles per reduced element ({CAL} gemv_16k, gemv_32k)",
     "routes_per_core": f"paper: 5-bit route address, 32 routes per core ({CAL})",
     "power_w": f"derived: 37.5 x A100 (400 W), the ratio behind the paper's energy tables ({CAL})",
+    "sram_bytes_per_cycle_per_core": f"derived: 22 PB/s / 850,000 cores / 1.1 GHz ({CAL})",
+    "interwafer_bytes_per_s": "vendor: CS-2 system I/O 1.2 Tb/s (12 x 100 GbE) = 150 GB/s; a pipeline stage "
+                              "sends activations to the next wafer over it",
+    "interwafer_latency_s": "assumed: about 2 us for NIC + one Ethernet switch + NIC (no figure published)",
     "alpha_cycles_per_hop": "assumed: one hop per cycle on a configured route (fabric forwards a wavelet a cycle)",
     "beta_cycles_per_relay": f"{FIT} to {CAL} gemv_16k, gemv_32k at 720x720",
     "relay_cycles_per_element": f"{FIT} to {CAL} gemv_16k, gemv_32k at 720x720",
@@ -71,6 +78,7 @@ _WSE3 = dict(
     width_cores=755,
     height_cores=1170,
     power_w=23000.0,
+    sram_bytes_per_cycle_per_core=round(2.1e16 / 900_000 / 1.1e9, 2),
 )
 
 _WSE3_SOURCES = dict(
@@ -80,6 +88,8 @@ _WSE3_SOURCES = dict(
     clock_hz=f"artifact timing scripts assume 1.1 GHz (not vendor-confirmed) ({CAL})",
     sram_bytes_per_core=f"artifact assumes 48 KiB per core; 44 GB / 900,000 cores ({CAL})",
     power_w=f"secondary sources only, an estimate ({CAL})",
+    sram_bytes_per_cycle_per_core=f"derived: 21 PB/s / 900,000 cores / 1.1 GHz ({CAL})",
+    interwafer_bytes_per_s="assumed equal to the CS-2's 1.2 Tb/s system I/O (CS-3 figure not in the sources)",
     **{k: "assumed equal to wse2 (" + v + ")" for k, v in _WSE2_SOURCES.items()
        if k.endswith("_cycles") or k.endswith("_per_hop") or k.endswith("_per_relay") or k.endswith("_element")},
 )
