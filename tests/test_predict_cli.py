@@ -72,3 +72,25 @@ def test_predict_agrees_with_the_engine(engine_for, smollm):
     assert pre.ttft_s == pytest.approx(t.ttft_s, rel=1e-12)
     assert dec.tpot_s == pytest.approx(t.decode_s[0], rel=1e-12)
     assert timing is not None
+
+
+def test_mesh_oblivious_strategies_are_orders_of_magnitude_slower():
+    """T10-style (crossbar memory) and Ladder-style (shared memory) plans on the same wafer (paper s7)."""
+    from waferllm.model.config import get_config
+    from waferllm.perf.predict import predict
+    from waferllm.spec import get_device
+
+    cfg, spec = get_config("llama3-8b"), get_device("wse2")
+    kw = dict(grid="360x360", prefill_grid="660x660", input_len=1024, context=1024)
+    ours = {ph: predict(cfg, spec, phase=ph, **kw).tokens_per_s for ph in ("decode", "prefill")}
+    for strategy in ("t10", "ladder"):
+        dec = predict(cfg, spec, phase="decode", strategy=strategy, **kw)
+        pre = predict(cfg, spec, phase="prefill", strategy=strategy, **kw)
+        assert dec.strategy == strategy
+        assert ours["decode"] / dec.tokens_per_s > 100  # decode is all latency: two-plus orders of magnitude
+        assert ours["prefill"] / pre.tokens_per_s > 2  # prefill is mostly compute, the gap is smaller
+
+
+def test_unknown_strategy_one_line():
+    res = _run("--model", "llama3-8b", "--strategy", "cerebras")
+    assert res.returncode == 2 and "invalid choice" in res.stderr and len(res.stderr.strip().splitlines()) == 1

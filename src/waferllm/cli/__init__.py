@@ -20,7 +20,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> Parser:
-    from waferllm.cli import bench, compare, generate, predict, serve, validate
+    from waferllm.cli import bench, compare, generate, predict, report, serve, sweep, validate
 
     p = Parser(prog="waferllm", description="Wafer-scale LLM inference on a simulated PLMR mesh.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -28,7 +28,9 @@ def build_parser() -> Parser:
     compare.add_parser(sub)
     generate.add_parser(sub)
     predict.add_parser(sub)
+    report.add_parser(sub)
     serve.add_parser(sub)
+    sweep.add_parser(sub)
     validate.add_parsers(sub)
     return p
 

@@ -8,7 +8,7 @@ from waferllm.cli import ArgError, add_device_args, device_from_args
 from waferllm.report.tables import fmt_time, table
 
 # The paper's grids for Llama3-8B (Tables 3 and 4) when --grid / --prefill-grid are not given.
-DECODE_GRID, PREFILL_GRID, GEMV_GRID = "420x420", "660x660", "720x720"
+DECODE_GRID, PREFILL_GRID = "420x420", "660x660"
 PUBLISHED_GEMV = {16384: ("gemv_16k", "gemv_16k_a100"), 32768: ("gemv_32k", "gemv_32k_a100")}
 
 
@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default="llama3-8b", help="preset, a config.json, a HF folder or a .gguf")
     add_device_args(p)
     p.add_argument("--grid", default=None, help=f"wafer decode grid (default {DECODE_GRID}; "
-                                                f"{GEMV_GRID} with --gemv; 'auto' = predict's choice)")
+                                                "the fastest GEMV grid with --gemv; 'auto' = predict's choice)")
     p.add_argument("--prefill-grid", default=PREFILL_GRID, help=f"wafer prefill grid (default {PREFILL_GRID})")
     p.add_argument("--input-len", type=int, default=4096, help="prefill: prompt tokens")
     p.add_argument("--context", type=int, default=4096, help="decode: tokens in the KV cache")
@@ -117,7 +117,13 @@ def _gemv(args, spec, gpu) -> int:
     from waferllm.perf.kernel_bench import run_kernel
 
     n = args.gemv
-    grid = parse_grid(args.grid or GEMV_GRID)
+    if args.grid:
+        grid = parse_grid(args.grid)
+    else:  # the grid the figure was fitted at: the fastest of calibrate.GEMV_GRIDS (Table 6 names none)
+        from waferllm.perf.calibrate import best_gemv
+
+        side = best_gemv(spec, n)[1]
+        grid = (side, side)
     kr = run_kernel(spec, "gemv", "meshgemv", grid, (n, n), "float16", limits=False)
     wafer = {"system": f"{spec.name} MeshGEMV {kr.grid}", "kind": "wafer", "time_s": kr.time_s,
              "power_w": spec.power_w, "power_source": spec.sources.get("power_w", ""), "note": "model"}

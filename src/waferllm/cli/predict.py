@@ -22,6 +22,9 @@ def add_parser(sub) -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--dtype", default="float16", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--kv", default="shift", choices=["shift", "concat"])
+    p.add_argument("--strategy", default="waferllm", choices=["waferllm", "t10", "ladder"],
+                   help="waferllm (mesh-aware), t10 (cores as a crossbar memory) or ladder (shared memory); "
+                        "see docs/cost-model.md")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -34,7 +37,7 @@ def run(args) -> int:
     cfg = get_config(args.model)
     pr = predict(cfg, spec, phase=args.phase, grid=args.grid, prefill_grid=args.prefill_grid, context=args.context,
                  input_len=args.input_len, output_len=args.output_len, batch=args.batch, dtype=args.dtype,
-                 policy=args.kv)
+                 policy=args.kv, strategy=args.strategy)
     if args.json:
         print(json.dumps(dict(pr.to_dict(), model=cfg.name, device=spec.name, dtype=args.dtype), indent=2))
         return 0

@@ -34,6 +34,7 @@ class DecodeProgram:
     plan: DecodePlan
     spec: DeviceSpec
     policy: str = "shift"  # KV cache policy: shift | concat
+    strategy: str = "waferllm"  # communication costing (machine/noc.py): waferllm | t10 | ladder
 
     @property
     def freq(self) -> np.ndarray:
@@ -41,10 +42,11 @@ class DecodeProgram:
         return inv_freq(self.cfg).astype(np.float32)[self.plan.heads.pair_index()[:, 0::2]]
 
     def mesh(self, ledger: Ledger | None = None) -> Mesh:
-        return Mesh(self.spec, self.plan.rows, self.plan.cols, ledger=ledger, limits=False)
+        return Mesh(self.spec, self.plan.rows, self.plan.cols, ledger=ledger, limits=False, strategy=self.strategy)
 
     def lm_mesh(self, ledger: Ledger) -> Mesh:
-        return Mesh(self.spec, self.plan.rows, self.plan.lm_cols, ledger=ledger, limits=False, check_fit=False)
+        return Mesh(self.spec, self.plan.rows, self.plan.lm_cols, ledger=ledger, limits=False, check_fit=False,
+                    strategy=self.strategy)
 
     # --- one layer -------------------------------------------------------------
     def layer(self, mesh: Mesh, w: dict, kc, vc, x, pos, n, p, load: tuple[int, int] | None = None):

@@ -47,9 +47,24 @@ class PrefillProgram:
     rows: int
     cols: int
     dtype: str = "float32"
+    strategy: str = "waferllm"  # communication costing (machine/noc.py): waferllm | t10 | ladder
 
     def mesh(self, ledger: Ledger, limits: bool = False) -> Mesh:
-        return Mesh(self.spec, self.rows, self.cols, ledger=ledger, limits=limits)
+        return Mesh(self.spec, self.rows, self.cols, ledger=ledger, limits=limits, strategy=self.strategy)
+
+    def resident_bytes(self, wafers: int = 1) -> int:
+        """Weight bytes per core when every layer stays resident: the layers spread over all prefill
+        regions of `wafers` wafers (prefill activations then hop region to region)."""
+        cfg, eb = self.cfg, np.dtype(self.wdt).itemsize
+        regions = (self.spec.height_cores // self.rows) * (self.spec.width_cores // self.cols) * wafers
+        layer = cfg.dim * (cfg.q_dim + 2 * cfg.kv_dim) + cfg.q_dim * cfg.dim + 3 * cfg.dim * cfg.ffn_dim
+        return math.ceil(cfg.n_layers / regions) * math.ceil(layer * eb / (self.rows * self.cols))
+
+    def peak_core_bytes(self, n_tokens: int, wafers: int = 1) -> int:
+        """Resident weights plus the busiest kernel's working tiles for an n_tokens prompt."""
+        from waferllm.engine.handoff import prefill_layer_ledger
+
+        return self.resident_bytes(wafers) + prefill_layer_ledger(self, n_tokens).peak_core_bytes
 
     @property
     def wdt(self):

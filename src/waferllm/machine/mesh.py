@@ -56,6 +56,9 @@ class _Step:
     extra_overhead: float = 0.0
 
 
+STRATEGIES = ("waferllm", "t10", "ladder")
+
+
 @dataclass
 class Mesh:
     """R x C cores of a device; X = columns (axis 1 of tile arrays), Y = rows (axis 0)."""
@@ -67,6 +70,7 @@ class Mesh:
     limits: bool = True
     devices: object = None  # a jax.sharding.Mesh over the grid axes, or None
     check_fit: bool = True  # False for logical grids spanning several regions (an LM head across regions)
+    strategy: str = "waferllm"  # how communication is costed: waferllm | t10 | ladder (machine/noc.py)
     _labels: list[str] = field(default_factory=list)
     _step: _Step | None = None
     _live: dict[str, int] = field(default_factory=dict)
@@ -80,6 +84,8 @@ class Mesh:
         if self.check_fit and (self.rows > self.spec.height_cores or self.cols > self.spec.width_cores):
             raise GridError(f"grid {self.rows}x{self.cols} does not fit device {self.spec.name} "
                             f"({self.spec.height_cores}x{self.spec.width_cores} cores, rows x columns)")
+        if self.strategy not in STRATEGIES:
+            raise GridError(f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
         if self.ledger is None:
             self.ledger = Ledger(clock_hz=self.spec.clock_hz)
 

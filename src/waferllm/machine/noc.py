@@ -35,13 +35,35 @@ def chain_cycles(mesh: Mesh, n_elems: int, elem_bytes: int, hops: float, stages:
         + n_elems * per_elem
 
 
+# --- mesh-oblivious baselines (the paper's T10 and Ladder comparisons) -------------
+# t10: cores are a crossbar-connected distributed memory; data sits by core id, so a logical neighbour
+#   is anywhere on the grid: every message crosses the mean distance (R + C) / 3 and, with no configured
+#   route for an arbitrary pair (32 routes per router), is relayed in software at every hop. No
+#   multicast; reductions are rings over core ids.
+# ladder: the distributed SRAM is one shared memory; operands are fetched from their owner cores
+#   (request + response) and reductions accumulate at the owner, which serves every other core in turn.
+def scatter_hops(mesh: Mesh) -> float:
+    """Mean hops between two cores placed without regard to distance on this grid."""
+    return (mesh.rows + mesh.cols) / 3
+
+
+def _oblivious(mesh: Mesh, nbytes: float, messages: float) -> tuple[float, float, float]:
+    """(cycles, hops, stages) of `messages` relayed point-to-point messages in sequence."""
+    d = scatter_hops(mesh)
+    return messages * transfer_cycles(mesh, nbytes, d, d), messages * d, messages * d
+
+
 # --- shifts ----------------------------------------------------------------
 def shift(mesh: Mesh, x: Array, axis: str, kind: str = "interleaved", direction: int = 1) -> Array:
     """Every core sends its tile one position along `axis`: interleaved ring (<= 2 hops), wrap ring (the
     wrap-around edge is n-1 hops) or line (neighbours only; the first core in the direction gets zeros)."""
     n = mesh.size(axis)
-    hops = ring_hops(n, kind)
-    mesh.charge_comm(transfer_cycles(mesh, tile_bytes(x), hops), hops=hops)
+    if mesh.strategy == "waferllm":
+        hops = ring_hops(n, kind)
+        mesh.charge_comm(transfer_cycles(mesh, tile_bytes(x), hops), hops=hops)
+    else:  # ladder fetches the tile from its owner: a request, then the data
+        cyc, hops, stages = _oblivious(mesh, tile_bytes(x), 1 if mesh.strategy == "t10" else 2)
+        mesh.charge_comm(cyc, hops=hops, stages=stages)
     if is_abstract(x) or n == 1:
         return x if kind != "line" or is_abstract(x) else jnp.zeros_like(x)
     src = ring_src(n, kind, direction)
@@ -73,7 +95,11 @@ def broadcast(mesh: Mesh, x: Array, axis: str, root: int, *, switch: bool = Fals
     n = mesh.size(axis)
     hops = max(root, n - 1 - root)
     relays = 1 if switch else 0
-    mesh.charge_comm(transfer_cycles(mesh, tile_bytes(x), hops, relays), hops=hops, stages=relays)
+    if mesh.strategy == "waferllm":
+        mesh.charge_comm(transfer_cycles(mesh, tile_bytes(x), hops, relays), hops=hops, stages=relays)
+    else:  # no multicast: the root (or the shared-memory owner) serves the other n-1 cores in turn
+        cyc, h, st = _oblivious(mesh, tile_bytes(x), n - 1)
+        mesh.charge_comm(cyc, hops=h, stages=st)
     if is_abstract(x):
         return x
     a = AX[axis]
@@ -95,7 +121,12 @@ def allreduce(mesh: Mesh, x: Array, axis: str, algo: str = "ktree", *, groups: i
     seg = min(segment or n, n)  # a shorter last segment takes the leftover cores
     eb = np.dtype(x.dtype).itemsize
     elems = int(math.prod(x.shape[2:])) if elems is None else elems
-    cost, hops, stages = _allreduce_cost(mesh, algo, seg, elems, eb, groups)
+    if mesh.strategy == "waferllm":
+        cost, hops, stages = _allreduce_cost(mesh, algo, seg, elems, eb, groups)
+    elif mesh.strategy == "t10":  # ring over core ids: 2(p-1) relayed chunk messages
+        cost, hops, stages = _oblivious(mesh, math.ceil(elems / seg) * eb, 2 * (seg - 1)) if seg > 1 else (0, 0, 0)
+    else:  # ladder: p-1 partials accumulate at the owner, then p-1 cores read the result back
+        cost, hops, stages = _oblivious(mesh, elems * eb, 2 * (seg - 1)) if seg > 1 else (0, 0, 0)
     mesh.charge_comm(cost, hops=hops, stages=stages, overhead=mesh.spec.collective_overhead_cycles)
     if is_abstract(x) or seg == 1:
         return x

@@ -20,6 +20,8 @@ from waferllm.engine.placement import auto_grid, plan_decode
 from waferllm.engine.prefill import PrefillProgram
 from waferllm.engine.tiles import DTYPES
 from waferllm.machine import Ledger, Mesh, parse_grid
+from waferllm.machine.mesh import STRATEGIES
+from waferllm.perf.autotune import tune_decode, tune_prefill
 from waferllm.model.config import ModelConfig
 from waferllm.spec import DeviceSpec
 
@@ -35,6 +37,7 @@ class Prediction:
     """Predicted figures for one phase (times in seconds at the device clock)."""
 
     phase: str
+    strategy: str
     cycles: float
     time_s: float
     tokens_per_s: float
@@ -44,6 +47,7 @@ class Prediction:
     batch: int
     breakdown: dict
     peak_core_bytes: int
+    peak_where: str
     routes_per_core: int
     kv_capacity_tokens: dict
     wafers: int
@@ -75,24 +79,27 @@ def check_args(cfg: ModelConfig, phase: str, **lengths: int) -> None:
     for name, v in lengths.items():
         if v <= 0:
             raise PredictError(f"--{name.replace('_', '-')} must be > 0, got {v}")
-    longest = max(lengths.get("context", 1), lengths.get("input_len", 1) + lengths.get("output_len", 0))
+    longest = {"decode": lengths.get("context", 1), "prefill": lengths.get("input_len", 1)}.get(
+        phase, lengths.get("input_len", 1) + lengths.get("output_len", 0))
     if longest > cfg.max_seq_len:
         raise PredictError(f"{longest} tokens is beyond {cfg.name}'s context of {cfg.max_seq_len} tokens "
                            "(no RoPE scaling)")
 
 
-def decode_program(cfg: ModelConfig, spec: DeviceSpec, grid, dtype: str, tokens: int, policy: str = "shift"):
+def decode_program(cfg: ModelConfig, spec: DeviceSpec, grid, dtype: str, tokens: int, policy: str = "shift",
+                   strategy: str = "waferllm"):
     rc = auto_grid(cfg, spec, dtype, tokens) if grid == "auto" else (parse_grid(grid) if isinstance(grid, str) else grid)
     Mesh(spec, *rc)
     plan = plan_decode(cfg, spec, rc, dtype, min_tokens=tokens)
-    return DecodeProgram(cfg=cfg, plan=plan, spec=spec, policy=policy)
+    return DecodeProgram(cfg=cfg, plan=plan, spec=spec, policy=policy, strategy=strategy)
 
 
-def prefill_program(cfg: ModelConfig, spec: DeviceSpec, prefill_grid, decode_rc: tuple[int, int], dtype: str):
+def prefill_program(cfg: ModelConfig, spec: DeviceSpec, prefill_grid, decode_rc: tuple[int, int], dtype: str,
+                    strategy: str = "waferllm"):
     pr = (min(decode_rc),) * 2 if prefill_grid == "auto" else (
         parse_grid(prefill_grid) if isinstance(prefill_grid, str) else prefill_grid)
     Mesh(spec, *pr)
-    return PrefillProgram(cfg=cfg, spec=spec, rows=pr[0], cols=pr[1], dtype=dtype)
+    return PrefillProgram(cfg=cfg, spec=spec, rows=pr[0], cols=pr[1], dtype=dtype, strategy=strategy)
 
 
 def prefill_ledger(dec: DecodeProgram, pre: PrefillProgram, n_tokens: int, batch: int = 1) -> Ledger:
@@ -104,11 +111,16 @@ def prefill_ledger(dec: DecodeProgram, pre: PrefillProgram, n_tokens: int, batch
 
 def predict(cfg: ModelConfig, spec: DeviceSpec, *, phase: str, grid="auto", prefill_grid="auto",
             context: int = 4096, input_len: int = 4096, output_len: int = 128, batch: int = 1,
-            dtype: str = "float16", policy: str = "shift") -> Prediction:
+            dtype: str = "float16", policy: str = "shift", strategy: str = "waferllm") -> Prediction:
     """Shape-only prediction for a model on a device (see the module docstring for the phases)."""
     check_args(cfg, phase, context=context, input_len=input_len, output_len=output_len, batch=batch)
     tokens = context if phase == "decode" else (input_len + output_len if phase == "e2e" else 1)
-    dec = decode_program(cfg, spec, grid, dtype, tokens, policy)
+    if strategy not in STRATEGIES:
+        raise PredictError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+    if grid == "auto" and phase != "prefill":  # the autotuner: the fastest decode grid that fits
+        side = tune_decode(cfg, spec, dtype, tokens, batch, policy, strategy).side
+        grid = (side, side)
+    dec = decode_program(cfg, spec, grid, dtype, tokens, policy, strategy)
     plan = dec.plan
     cap = plan.kv_capacity_tokens()
     pre, ttft, tpot = None, None, None
@@ -119,7 +131,10 @@ def predict(cfg: ModelConfig, spec: DeviceSpec, *, phase: str, grid="auto", pref
         paper = spec.clock_hz / (layer_ledger(dec, [context - 1], 0, [context - 1]).cycles * cfg.n_layers)
         tpot = t
     else:
-        pre = prefill_program(cfg, spec, prefill_grid, (plan.rows, plan.cols), dtype)
+        if prefill_grid == "auto":  # the autotuner: the fastest prefill grid
+            side = tune_prefill(cfg, spec, dtype, input_len, plan.rows if phase == "e2e" else None, strategy).side
+            prefill_grid = (side, side)
+        pre = prefill_program(cfg, spec, prefill_grid, (plan.rows, plan.cols), dtype, strategy)
         led = prefill_ledger(dec, pre, input_len, batch)
         ttft = led.time_s / batch
         paper = input_len * spec.clock_hz / (handoff.prefill_layer_ledger(pre, input_len).cycles * cfg.n_layers)
@@ -133,11 +148,21 @@ def predict(cfg: ModelConfig, spec: DeviceSpec, *, phase: str, grid="auto", pref
             tps = output_len * batch / t
             tpot = (t - ttft * batch) / max(output_len - 1, 1)
             paper = None  # the artifact measured single phases only
-    return Prediction(phase=phase, cycles=led.cycles, time_s=t, tokens_per_s=tps, paper_tokens_per_s=paper,
+    peak, where = plan.peak_core_bytes, f"decode region ({', '.join(f'{k} {v}' for k, v in plan.breakdown.items())})"
+    if led.peak_core_bytes > peak:
+        peak, where = led.peak_core_bytes, led.peak_where
+    pre_fits = True
+    if pre is not None:
+        resident = pre.resident_bytes(plan.wafers)
+        pre_peak = pre.peak_core_bytes(input_len, plan.wafers)
+        pre_fits = pre_peak <= spec.sram_bytes_per_core
+        if pre_peak > peak:
+            peak, where = pre_peak, f"prefill grid {pre.rows}x{pre.cols} (resident weights {resident} + working tiles)"
+    return Prediction(phase=phase, strategy=strategy, cycles=led.cycles, time_s=t, tokens_per_s=tps, paper_tokens_per_s=paper,
                       grid=plan.grid, prefill_grid=f"{pre.rows}x{pre.cols}" if pre else None, batch=batch,
-                      breakdown=breakdown(led), peak_core_bytes=max(plan.peak_core_bytes, led.peak_core_bytes),
+                      breakdown=breakdown(led), peak_core_bytes=peak, peak_where=where,
                       routes_per_core=led.routes_per_core, kv_capacity_tokens=cap, wafers=plan.wafers,
-                      fits=plan.wafers == 1 and tokens * batch <= cap[policy], layers_per_region=plan.layers_per_region,
+                      fits=plan.wafers == 1 and tokens * batch <= cap[policy] and pre_fits, layers_per_region=plan.layers_per_region,
                       utilization=utilization(cfg, spec, plan, pre, phase, led, tokens, input_len, batch),
                       ttft_s=ttft, tpot_s=tpot)
 
@@ -165,3 +190,21 @@ def utilization(cfg, spec, plan, pre, phase: str, led: Ledger, context: int, inp
     peak_macs = cores * spec.macs_per_cycle(plan.dtype) * led.cycles
     peak_bytes = cores * spec.sram_bytes_per_cycle_per_core * led.cycles
     return {"cores": cores, "mac": macs / peak_macs, "sram_bandwidth": read / peak_bytes}
+
+
+def paper_decode_tps(spec: DeviceSpec, model: str, side: int, context: int = 4096, dtype: str = "float16") -> float:
+    """Decode tokens/s as the paper's artifact measures it: one layer's cycles x layer count."""
+    from waferllm.model.config import get_config
+
+    cfg = get_config(model)
+    dec = decode_program(cfg, spec, (side, side), dtype, context)
+    return spec.clock_hz / (layer_ledger(dec, [context - 1], 0, [context - 1]).cycles * cfg.n_layers)
+
+
+def paper_prefill_tps(spec: DeviceSpec, model: str, side: int, input_len: int = 4096, dtype: str = "float16") -> float:
+    """Prefill tokens/s as the paper's artifact measures it: input tokens / (one layer's cycles x layers)."""
+    from waferllm.model.config import get_config
+
+    cfg = get_config(model)
+    pre = PrefillProgram(cfg=cfg, spec=spec, rows=side, cols=side, dtype=dtype)
+    return input_len * spec.clock_hz / (handoff.prefill_layer_ledger(pre, input_len).cycles * cfg.n_layers)

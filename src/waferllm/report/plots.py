@@ -1,0 +1,161 @@
+"""PNG figures for the report and `waferllm sweep --plot`: each function writes one PNG and returns its path.
+
+Figures are drawn on a bare matplotlib Figure (Agg canvas) rather than through pyplot, so no global backend
+is chosen and nothing is left open between calls.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+DPI = 110
+COMPUTE, COMM = "#3b75af", "#ef8636"
+
+
+def _save(fig: Figure, path) -> Path:
+    path = Path(path)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI, format="png")  # format given: the name need not end in .png
+    return path
+
+
+def tokens_vs_grid(points: Mapping[str, Sequence], path, title: str = "",
+                   best: Mapping[str, int | None] | None = None) -> Path:
+    """Tokens/s against square grid side (cores), one line per label; points are autotune.Point-like."""
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.add_subplot()
+    for label, pts in points.items():
+        ok = sorted((p.side, p.tokens_per_s) for p in pts if p.tokens_per_s)
+        if not ok:
+            continue  # nothing fits: no line (the table says why)
+        xs, ys = zip(*ok)
+        (line,) = ax.plot(xs, ys, marker="o", ms=3.5, label=label)
+        b = (best or {}).get(label)
+        if b in xs:
+            ax.plot([b], [ys[xs.index(b)]], marker="*", ms=13, color=line.get_color(), mec="black", mew=0.6)
+    ax.set_xlabel("grid side (cores, square grid)")
+    ax.set_ylabel("tokens/s")
+    ax.set_yscale("log")  # prefill and decode differ by 10x or more; log keeps both readable
+    ax.grid(alpha=0.3, which="both")
+    ax.set_title(title or "predicted tokens/s against grid side (star: autotuned choice)", fontsize=10)
+    if ax.lines:
+        ax.legend(fontsize=8, ncol=2)
+    return _save(fig, path)
+
+
+def breakdown_bar(breakdown: Mapping[str, Mapping[str, float]], path, clock_hz: float | None = None,
+                  title: str = "", top: int = 14) -> Path:
+    """Stacked compute vs communication time per phase label (ms at clock_hz, else cycles)."""
+    items = sorted(breakdown.items(), key=lambda kv: -kv[1]["cycles"])
+    if len(items) > top:  # keep the chart readable: the tail is merged into one bar
+        rest = items[top - 1:]
+        items = items[:top - 1] + [(f"other ({len(rest)})", {k: sum(v[k] for _, v in rest)
+                                                            for k in ("cycles", "compute_cycles", "comm_cycles")})]
+    scale = 1e3 / clock_hz if clock_hz else 1.0
+    labels = [k for k, _ in items][::-1]  # largest on top
+    comp = np.array([v["compute_cycles"] for _, v in items][::-1]) * scale
+    comm = np.array([v["comm_cycles"] for _, v in items][::-1]) * scale
+    fig = Figure(figsize=(7.5, 0.32 * len(labels) + 1.4))
+    ax = fig.add_subplot()
+    y = np.arange(len(labels))
+    ax.barh(y, comp, color=COMPUTE, label="compute")
+    ax.barh(y, comm, left=comp, color=COMM, label="communication")
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set_xlabel("time (ms)" if clock_hz else "cycles")
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title or "time per phase", fontsize=10)
+    return _save(fig, path)
+
+
+def region_bytes(plan, n_layers: int | None = None) -> list[float]:
+    """Bytes per core of every region in placement order: layer regions, then LM-head regions."""
+    n_layers = n_layers or plan.layers_per_region * plan.layer_regions
+    per_layer = (plan.breakdown["weights"] + plan.breakdown["kv_cache"]) / plan.layers_per_region
+    out = []
+    for i in range(plan.layer_regions):
+        here = min(plan.layers_per_region, n_layers - i * plan.layers_per_region)  # the last may hold fewer
+        out.append(plan.breakdown["buffers"] + here * per_layer)
+    return out + [float(plan.lm_core_bytes)] * plan.lm_regions
+
+
+def region_boxes(plan, spec) -> list[tuple[int, int, int, str]]:
+    """(wafer, y0, x0, kind) of every region, kind 'layer' or 'lm'; regions tile each wafer row-major."""
+    per_row = spec.width_cores // plan.cols  # regions across X on one wafer
+    out = []
+    for g in range(plan.layer_regions + plan.lm_regions):
+        w, local = divmod(g, plan.regions_per_wafer)  # a full wafer continues on the next one
+        ry, rx = divmod(local, per_row)
+        out.append((w, ry * plan.rows, rx * plan.cols, "layer" if g < plan.layer_regions else "lm"))
+    return out
+
+
+def wafer_images(plan, spec, n_layers: int | None = None) -> list[np.ndarray]:
+    """One height_cores x width_cores array of bytes per core for each wafer; unused cores are 0."""
+    imgs = [np.zeros((spec.height_cores, spec.width_cores)) for _ in range(max(plan.wafers, 1))]
+    for (w, y, x, _), b in zip(region_boxes(plan, spec), region_bytes(plan, n_layers)):
+        imgs[w][y:y + plan.rows, x:x + plan.cols] = b
+    return imgs
+
+
+def wafer_heatmap(plan, spec, path, n_layers: int | None = None, max_wafers: int = 16) -> Path:
+    """Heat map of bytes per core (KiB) over each wafer of a decode plan; colour scale ends at the SRAM size."""
+    from matplotlib.patches import Rectangle
+
+    imgs = wafer_images(plan, spec, n_layers)[:max_wafers]
+    n = len(imgs)
+    nc = min(n, 4)
+    nr = math.ceil(n / nc)
+    panel = 3.4 if nc > 1 else 4.2
+    fig = Figure(figsize=(panel * nc + 1.2, panel * spec.height_cores / spec.width_cores * nr + 1.2),
+                 layout="constrained")  # constrained layout makes room for the shared colorbar and the title
+    axes = fig.subplots(nr, nc, squeeze=False).ravel()
+    vmax = spec.sram_bytes_per_core / 1024
+    im = None
+    for i, ax in enumerate(axes):
+        if i >= n:
+            ax.set_axis_off()
+            continue
+        im = ax.imshow(imgs[i] / 1024, cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
+        ax.set_title(f"wafer {i + 1}", fontsize=9)
+        ax.set_xlabel("x (cores)", fontsize=8)
+        ax.set_ylabel("y (cores)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for w, y, x, kind in region_boxes(plan, spec):  # outlines: equal neighbours would otherwise merge
+        if w < n:
+            axes[w].add_patch(Rectangle((x - 0.5, y - 0.5), plan.cols, plan.rows, fill=False, ec="white", lw=0.6))
+            if kind == "lm":
+                axes[w].text(x + plan.cols / 2, y + plan.rows / 2, "LM", color="white", ha="center", va="center",
+                             fontsize=8)
+    fig.colorbar(im, ax=axes.tolist(), label="KiB per core (scale ends at the SRAM size)", shrink=0.85)
+    more = f" (first {max_wafers} of {plan.wafers})" if plan.wafers > max_wafers else ""
+    fig.suptitle(f"{plan.model} decode plan on {spec.name}: {plan.grid} regions, {plan.layers_per_region} layer(s)"
+                 f"/region\n{plan.layer_regions} layer + {plan.lm_regions} LM-head regions on {plan.wafers} wafer(s)"
+                 f"{more}", fontsize=9)
+    path = Path(path)
+    fig.savefig(path, dpi=DPI, format="png")  # no tight_layout: constrained layout already placed everything
+    return path
+
+
+def wafer_vs_gpus(rows: Sequence[Mapping], path, title: str = "") -> Path:
+    """Grouped bars of prefill and decode tokens/s per system (rows as `waferllm compare --json` rows)."""
+    names = [r["system"] for r in rows]
+    x = np.arange(len(names))
+    fig = Figure(figsize=(max(6.0, 1.3 * len(names) + 2), 4.2))
+    ax = fig.add_subplot()
+    for off, key, label in ((-0.2, "prefill_tokens_per_s", "prefill"), (0.2, "decode_tokens_per_s", "decode")):
+        vals = [r[key] for r in rows]
+        bars = ax.bar(x + off, vals, width=0.4, label=label)
+        ax.bar_label(bars, labels=[f"{v:,.0f}" for v in vals], fontsize=7)
+    ax.set_xticks(x, [n.split(" (")[0] for n in names], fontsize=8, rotation=10)
+    ax.set_yscale("log")
+    ax.set_ylabel("tokens/s")
+    ax.grid(alpha=0.3, axis="y", which="both")
+    ax.legend(fontsize=8)
+    ax.set_title(title or "wafer vs GPUs (predicted)", fontsize=10)
+    return _save(fig, path)
