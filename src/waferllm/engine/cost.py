@@ -95,11 +95,11 @@ def handover_ledger(prog: DecodeProgram, batch: int = 1) -> Ledger:
     return led
 
 
-def interwafer_ledger(prog: DecodeProgram, rows_of_activations: int) -> Ledger:
-    """Pipeline hops between wafers (plan.wafers > 1): each sends `rows_of_activations` x D fp32 values
-    over the inter-wafer link (spec.interwafer_bytes_per_s, spec.interwafer_latency_s)."""
+def interwafer_ledger(prog: DecodeProgram, rows_of_activations: int, wafers: int | None = None) -> Ledger:
+    """Pipeline hops between wafers (plan.wafers, or `wafers`, > 1): each sends `rows_of_activations` x D
+    fp32 values over the inter-wafer link (spec.interwafer_bytes_per_s, spec.interwafer_latency_s)."""
     led = Ledger(clock_hz=prog.spec.clock_hz)
-    hops = prog.plan.wafers - 1
+    hops = (wafers or prog.plan.wafers) - 1
     if hops > 0:
         s = prog.spec
         t = s.interwafer_latency_s + 4 * rows_of_activations * prog.cfg.dim / s.interwafer_bytes_per_s

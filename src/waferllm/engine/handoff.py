@@ -65,9 +65,10 @@ def prefill_layer_ledger(pre: PrefillProgram, n_tokens: int) -> Ledger:
     return led
 
 
-def ttft_ledger(dec: DecodeProgram, pre: PrefillProgram, n_prompt: int) -> Ledger:
+def ttft_ledger(dec: DecodeProgram, pre: PrefillProgram, n_prompt: int, wafers: int | None = None) -> Ledger:
     """Everything before the first token: embedding rows to the prefill grid, every layer (one traced,
-    charged layer-count times), the hand-off, inter-wafer hops, final norm + LM head + argmax."""
+    charged layer-count times), the hand-off, inter-wafer hops (over `wafers`, default the decode plan's),
+    final norm + LM head + argmax."""
     from waferllm.engine.cost import head_ledger, interwafer_ledger
 
     led = Ledger(clock_hz=dec.spec.clock_hz)
@@ -75,7 +76,7 @@ def ttft_ledger(dec: DecodeProgram, pre: PrefillProgram, n_prompt: int) -> Ledge
     led.merge(prefill_layer_ledger(pre, n_prompt), times=dec.cfg.n_layers)
     eb = dtype_bytes(pre.dtype)
     led.merge(handoff_ledger(dec, pre, n_prompt, eb))
-    led.merge(interwafer_ledger(dec, n_prompt), "prefill/")
+    led.merge(interwafer_ledger(dec, n_prompt, wafers), "prefill/")
     first = head_ledger(dec)
     first.phases.pop("embed", None)  # the first token's input comes from the prefill, not the embedding
     led.merge(first, "first_token/")

@@ -66,6 +66,16 @@ class PrefillProgram:
 
         return self.resident_bytes(wafers) + prefill_layer_ledger(self, n_tokens).peak_core_bytes
 
+    def wafers_needed(self, n_tokens: int, at_least: int = 1, limit: int = 64) -> int | None:
+        """The fewest wafers (>= at_least) whose prefill regions hold every layer resident; None if even
+        `limit` wafers do not (the working tiles alone overflow a core)."""
+        for w in range(at_least, limit + 1):
+            if self.peak_core_bytes(n_tokens, w) <= self.spec.sram_bytes_per_core:
+                return w
+            if self.resident_bytes(w) == self.resident_bytes(limit):
+                return None  # one layer per region already: more wafers cannot help
+        return None
+
     @property
     def wdt(self):
         return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[self.dtype]

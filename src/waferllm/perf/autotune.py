@@ -59,13 +59,13 @@ def prefill_point(cfg: ModelConfig, spec: DeviceSpec, side: int, dtype: str, inp
         pre = prefill_program(cfg, spec, (side, side), (dec.plan.rows, dec.plan.cols), dtype, strategy)
     except (PlanError, GridError) as e:
         return Point(side=side, phase="prefill", tokens_per_s=None, wafers=None, reason=str(e))
-    led = ttft_ledger(dec, pre, input_len)
-    need = pre.peak_core_bytes(input_len, dec.plan.wafers)
-    if need > spec.sram_bytes_per_core:
+    wafers = pre.wafers_needed(input_len, dec.plan.wafers)
+    if wafers is None:
         return Point(side=side, phase="prefill", tokens_per_s=None, wafers=None,
-                     reason=f"prefill on {side}x{side} needs {need} bytes per core (resident weights + working "
-                            f"tiles), {spec.sram_bytes_per_core} available")
-    return Point(side=side, phase="prefill", tokens_per_s=input_len / led.time_s, wafers=dec.plan.wafers)
+                     reason=f"prefill on {side}x{side}: one layer's weights and working tiles need "
+                            f"{pre.peak_core_bytes(input_len, 64)} bytes per core, {spec.sram_bytes_per_core} available")
+    led = ttft_ledger(dec, pre, input_len, wafers)
+    return Point(side=side, phase="prefill", tokens_per_s=input_len / led.time_s, wafers=wafers)
 
 
 def best(points: Sequence[Point]) -> Point:

@@ -102,10 +102,11 @@ def prefill_program(cfg: ModelConfig, spec: DeviceSpec, prefill_grid, decode_rc:
     return PrefillProgram(cfg=cfg, spec=spec, rows=pr[0], cols=pr[1], dtype=dtype, strategy=strategy)
 
 
-def prefill_ledger(dec: DecodeProgram, pre: PrefillProgram, n_tokens: int, batch: int = 1) -> Ledger:
+def prefill_ledger(dec: DecodeProgram, pre: PrefillProgram, n_tokens: int, batch: int = 1,
+                   wafers: int | None = None) -> Ledger:
     """TTFT's costs exactly as the engine charges them (handoff.ttft_ledger), once per prompt of the batch."""
     led = Ledger(clock_hz=dec.spec.clock_hz)
-    led.merge(handoff.ttft_ledger(dec, pre, n_tokens), times=batch)
+    led.merge(handoff.ttft_ledger(dec, pre, n_tokens, wafers), times=batch)
     return led
 
 
@@ -135,7 +136,8 @@ def predict(cfg: ModelConfig, spec: DeviceSpec, *, phase: str, grid="auto", pref
             side = tune_prefill(cfg, spec, dtype, input_len, plan.rows if phase == "e2e" else None, strategy).side
             prefill_grid = (side, side)
         pre = prefill_program(cfg, spec, prefill_grid, (plan.rows, plan.cols), dtype, strategy)
-        led = prefill_ledger(dec, pre, input_len, batch)
+        pre_wafers = pre.wafers_needed(input_len, plan.wafers)
+        led = prefill_ledger(dec, pre, input_len, batch, pre_wafers)
         ttft = led.time_s / batch
         paper = input_len * spec.clock_hz / (handoff.prefill_layer_ledger(pre, input_len).cycles * cfg.n_layers)
         if phase == "prefill":
@@ -151,18 +153,21 @@ def predict(cfg: ModelConfig, spec: DeviceSpec, *, phase: str, grid="auto", pref
     peak, where = plan.peak_core_bytes, f"decode region ({', '.join(f'{k} {v}' for k, v in plan.breakdown.items())})"
     if led.peak_core_bytes > peak:
         peak, where = led.peak_core_bytes, led.peak_where
-    pre_fits = True
+    pre_fits, wafers = True, plan.wafers
     if pre is not None:
-        resident = pre.resident_bytes(plan.wafers)
-        pre_peak = pre.peak_core_bytes(input_len, plan.wafers)
-        pre_fits = pre_peak <= spec.sram_bytes_per_core
+        w = pre_wafers or plan.wafers
+        resident = pre.resident_bytes(w)
+        pre_peak = pre.peak_core_bytes(input_len, w)
+        pre_fits = pre_wafers is not None
+        wafers = max(wafers, w)
         if pre_peak > peak:
             peak, where = pre_peak, f"prefill grid {pre.rows}x{pre.cols} (resident weights {resident} + working tiles)"
     return Prediction(phase=phase, strategy=strategy, cycles=led.cycles, time_s=t, tokens_per_s=tps, paper_tokens_per_s=paper,
                       grid=plan.grid, prefill_grid=f"{pre.rows}x{pre.cols}" if pre else None, batch=batch,
                       breakdown=breakdown(led), peak_core_bytes=peak, peak_where=where,
-                      routes_per_core=led.routes_per_core, kv_capacity_tokens=cap, wafers=plan.wafers,
-                      fits=plan.wafers == 1 and tokens * batch <= cap[policy] and pre_fits, layers_per_region=plan.layers_per_region,
+                      routes_per_core=led.routes_per_core, kv_capacity_tokens=cap, wafers=wafers,
+                      fits=wafers == 1 and tokens * batch <= cap[policy] and pre_fits,
+                      layers_per_region=plan.layers_per_region,
                       utilization=utilization(cfg, spec, plan, pre, phase, led, tokens, input_len, batch),
                       ttft_s=ttft, tpot_s=tpot)
 
