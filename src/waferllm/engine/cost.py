@@ -17,10 +17,6 @@ from waferllm.engine.tiles import DTYPES
 from waferllm.machine import Ledger, Mesh, noc
 
 
-def _struct(x):
-    return jax.ShapeDtypeStruct(x.shape, x.dtype)
-
-
 def weight_structs(prog: DecodeProgram) -> dict:
     """Shape-only stand-ins for one layer's tiles and the head tiles (no weights needed)."""
     p, cfg = prog.plan, prog.cfg
@@ -35,11 +31,24 @@ def weight_structs(prog: DecodeProgram) -> dict:
     return layer
 
 
-def layer_ledger(prog: DecodeProgram, ns, slots: int, ps) -> Ledger:
-    """Cost of one layer for a batch: sequence b has ns[b] tokens cached, ps[b] of them from its prefill."""
+def _batch(ns, ps) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """ns, ps as tuples of ints (an int is a batch of one; ps defaults to no prefill)."""
+    one = lambda v: (int(v),) if isinstance(v, (int, np.integer)) else tuple(int(x) for x in v)  # noqa: E731
+    ns = one(ns)
+    return ns, (0,) * len(ns) if ps is None else one(ps)
+
+
+def _occupancy(prog: DecodeProgram, ns, ps, slots: int) -> tuple[int, int, int]:
+    """(busiest row's tokens summed over the batch, sequences whose rows shift, KV slots per lane)."""
     t_row, moving = kv.step_load(prog.policy, ns, ps, prog.plan.rows)
     lane = max(kv.busiest_row(prog.policy, n, p, prog.plan.rows) for n, p in zip(ns, ps))
-    return _layer_ledger(prog, len(ns), t_row, moving, max(slots, lane))
+    return t_row, moving, max(slots, lane)
+
+
+def layer_ledger(prog: DecodeProgram, ns, slots: int, ps) -> Ledger:
+    """Cost of one layer for a batch: sequence b has ns[b] tokens cached, ps[b] of them from its prefill."""
+    ns, ps = _batch(ns, ps)
+    return _layer_ledger(prog, len(ns), *_occupancy(prog, ns, ps, slots))
 
 
 _CACHE: dict[tuple, Ledger] = {}
@@ -47,7 +56,7 @@ _CACHE: dict[tuple, Ledger] = {}
 
 def _layer_ledger(prog: DecodeProgram, B: int, t_row: int, moving: int, slots: int) -> Ledger:
     """Charges depend on the occupancy only through the busiest row and the moving count: cache on those."""
-    key = (id(prog), B, t_row, moving, slots)
+    key = (prog, B, t_row, moving, slots)  # the program itself, not id(): ids of dead programs are reused
     if key not in _CACHE:
         _CACHE[key] = _trace_layer(prog, B, slots, (t_row, moving))
     return _CACHE[key]
@@ -130,11 +139,8 @@ def head_ledger(prog: DecodeProgram, batch: int = 1) -> Ledger:
 def step_ledger(prog: DecodeProgram, ns, slots: int = 0, ps=None) -> Ledger:
     """One decode step of a batch: sequence b has ns[b] tokens cached before this one, ps[b] (default 0)
     from its prefill. An int n is a batch of one. Cached on what the cost depends on."""
-    ns = (ns,) if isinstance(ns, (int, np.integer)) else tuple(int(n) for n in ns)
-    ps = (0,) * len(ns) if ps is None else ((ps,) if isinstance(ps, (int, np.integer)) else tuple(int(p) for p in ps))
-    load = kv.step_load(prog.policy, ns, ps, prog.plan.rows)
-    lane = max(kv.busiest_row(prog.policy, n, p, prog.plan.rows) for n, p in zip(ns, ps))
-    key = ("step", id(prog), len(ns)) + load + (max(slots, lane),)
+    ns, ps = _batch(ns, ps)
+    key = ("step", prog, len(ns)) + _occupancy(prog, ns, ps, slots)
     if key not in _CACHE:
         _CACHE[key] = _step_ledger(prog, ns, slots, ps)
     return _CACHE[key]

@@ -52,8 +52,19 @@ def embed_ledger(dec: DecodeProgram, pre: PrefillProgram, n_prompt: int) -> Ledg
     return led
 
 
+_LAYERS: dict[tuple, Ledger] = {}
+
+
 def prefill_layer_ledger(pre: PrefillProgram, n_tokens: int) -> Ledger:
-    """One prefill layer over n_tokens, shape-only (every layer has the same shapes)."""
+    """One prefill layer over n_tokens, shape-only (every layer has the same shapes); cached, since the
+    TTFT, the artifact-style rate and the memory check all need it. Callers must not mutate it."""
+    key = (pre, n_tokens)  # the program itself: keeps it alive, so its id is never reused
+    if key not in _LAYERS:
+        _LAYERS[key] = _trace_prefill_layer(pre, n_tokens)
+    return _LAYERS[key]
+
+
+def _trace_prefill_layer(pre: PrefillProgram, n_tokens: int) -> Ledger:
     import jax
 
     from waferllm.engine.prefill import weight_shapes

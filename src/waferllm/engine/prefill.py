@@ -57,20 +57,25 @@ class PrefillProgram:
         regions of `wafers` wafers (prefill activations then hop region to region)."""
         cfg, eb = self.cfg, np.dtype(self.wdt).itemsize
         regions = (self.spec.height_cores // self.rows) * (self.spec.width_cores // self.cols) * wafers
-        layer = cfg.dim * (cfg.q_dim + 2 * cfg.kv_dim) + cfg.q_dim * cfg.dim + 3 * cfg.dim * cfg.ffn_dim
+        layer = cfg.layer_matrix_params()
         return math.ceil(cfg.n_layers / regions) * math.ceil(layer * eb / (self.rows * self.cols))
+
+    def working_bytes(self, n_tokens: int) -> int:
+        """The busiest kernel's working tiles per core for an n_tokens prompt (shape-only run of a layer)."""
+        from waferllm.engine.handoff import prefill_layer_ledger
+
+        return prefill_layer_ledger(self, n_tokens).peak_core_bytes
 
     def peak_core_bytes(self, n_tokens: int, wafers: int = 1) -> int:
         """Resident weights plus the busiest kernel's working tiles for an n_tokens prompt."""
-        from waferllm.engine.handoff import prefill_layer_ledger
-
-        return self.resident_bytes(wafers) + prefill_layer_ledger(self, n_tokens).peak_core_bytes
+        return self.resident_bytes(wafers) + self.working_bytes(n_tokens)
 
     def wafers_needed(self, n_tokens: int, at_least: int = 1, limit: int = 64) -> int | None:
         """The fewest wafers (>= at_least) whose prefill regions hold every layer resident; None if even
         `limit` wafers do not (the working tiles alone overflow a core)."""
+        working = self.working_bytes(n_tokens)  # independent of the wafer count: trace it once
         for w in range(at_least, limit + 1):
-            if self.peak_core_bytes(n_tokens, w) <= self.spec.sram_bytes_per_core:
+            if self.resident_bytes(w) + working <= self.spec.sram_bytes_per_core:
                 return w
             if self.resident_bytes(w) == self.resident_bytes(limit):
                 return None  # one layer per region already: more wafers cannot help

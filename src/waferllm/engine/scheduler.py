@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 from waferllm import WaferError
 from waferllm.engine.batch import Batch
 from waferllm.engine.sampling import SamplingParams
-from waferllm.engine.textgen import GenerationResult, TextStream
+from waferllm.engine.textgen import GenerationResult, TextStream, push_token
 
 
 class QueueFull(WaferError):
@@ -135,13 +135,9 @@ class Scheduler:
     def _deliver(self, seq, token_id: int) -> None:
         req = self.running[seq]
         n_before = len(req.stream.res.token_ids)
-        text = req.stream.push(token_id)
+        text = push_token(self.batch, seq, req.stream, token_id)
         new_ids = req.stream.res.token_ids[n_before:]
-        if req.stream.done or seq.done:
-            if not req.stream.done:  # the engine stopped it (EOS / length): flush held-back text
-                text += req.stream.flush()
-                req.stream.res.finish_reason = seq.finish_reason or "length"
-            self.batch.finish(seq, req.stream.res.finish_reason)
+        if req.stream.done:
             del self.running[seq]
             req.stream.res.wall_s = time.perf_counter() - req.submitted_s
             req.listener(Event(text=text, token_ids=new_ids, done=True, result=req.stream.res,

@@ -97,20 +97,23 @@ def generate_batch_text(engine: Engine, prompts: Sequence[Sequence[int]], params
         stream = TextStream(engine.tokenizer, engine.eos_ids, params, ids)
         seq, ev = batch.add(ids, params, stream.res.timing)
         streams[seq] = stream
-        _push(batch, seq, stream, ev.token_id)
+        push_token(batch, seq, stream, ev.token_id)
     while batch.live:
         for seq, ev in batch.step():
-            _push(batch, seq, streams[seq], ev.token_id)
+            push_token(batch, seq, streams[seq], ev.token_id)
     wall = time.perf_counter() - t0
     for s in streams.values():
         s.res.wall_s = wall
     return [s.res for s in streams.values()], batch.decode_tokens_per_s
 
 
-def _push(batch, seq, stream: TextStream, token_id: int) -> None:
-    stream.push(token_id)
+def push_token(batch, seq, stream: TextStream, token_id: int) -> str:
+    """A sequence's new token into its text stream; a finished stream frees the sequence's lane (the
+    stream sees the same EOS ids and length limit the engine does, plus stop strings). Returns the delta."""
+    text = stream.push(token_id)
     if stream.done:
         batch.finish(seq, stream.res.finish_reason)
+    return text
 
 
 def _stop_at(text: str, stops: Sequence[str]) -> int | None:

@@ -89,11 +89,15 @@ class ModelConfig:
         """Query heads per key/value head."""
         return self.n_heads // self.n_kv_heads
 
+    def layer_matrix_params(self) -> int:
+        """Weights of one layer's matrices (Q, K, V, O, gate, up, down): its MACs per token."""
+        d, q, kv, f = self.dim, self.q_dim, self.kv_dim, self.ffn_dim
+        return d * q + 2 * d * kv + q * d + 3 * d * f
+
     def layer_param_count(self) -> int:
         """Parameters in one decoder layer (norms, attention, SwiGLU)."""
-        d, q, kv, f = self.dim, self.q_dim, self.kv_dim, self.ffn_dim
-        bias = q + 2 * kv if self.qkv_bias else 0
-        return 2 * d + d * q + 2 * d * kv + q * d + bias + 3 * d * f
+        bias = self.q_dim + 2 * self.kv_dim if self.qkv_bias else 0
+        return 2 * self.dim + self.layer_matrix_params() + bias
 
     def param_count(self) -> int:
         """All parameters; tied embeddings are counted once."""

@@ -129,7 +129,7 @@ def predict(cfg: ModelConfig, spec: DeviceSpec, *, phase: str, grid="auto", pref
         led = step_ledger(dec, [context - 1] * batch, 0, [context - 1] * batch)
         t = led.time_s
         tps = batch / t
-        paper = spec.clock_hz / (layer_ledger(dec, [context - 1], 0, [context - 1]).cycles * cfg.n_layers)
+        paper = artifact_decode_tps(dec, context)
         tpot = t
     else:
         if prefill_grid == "auto":  # the autotuner: the fastest prefill grid
@@ -139,7 +139,7 @@ def predict(cfg: ModelConfig, spec: DeviceSpec, *, phase: str, grid="auto", pref
         pre_wafers = pre.wafers_needed(input_len, plan.wafers)
         led = prefill_ledger(dec, pre, input_len, batch, pre_wafers)
         ttft = led.time_s / batch
-        paper = input_len * spec.clock_hz / (handoff.prefill_layer_ledger(pre, input_len).cycles * cfg.n_layers)
+        paper = artifact_prefill_tps(pre, input_len)
         if phase == "prefill":
             t, tps = led.time_s, input_len * batch / led.time_s
         else:
@@ -179,7 +179,7 @@ def utilization(cfg, spec, plan, pre, phase: str, led: Ledger, context: int, inp
     tile that passes it (weights and activations, grid-side times over a MeshGEMM).
     """
     eb = np.dtype(DTYPES[plan.dtype]).itemsize
-    w = cfg.n_layers * (cfg.dim * (cfg.q_dim + 2 * cfg.kv_dim) + cfg.q_dim * cfg.dim + 3 * cfg.dim * cfg.ffn_dim)
+    w = cfg.n_layers * cfg.layer_matrix_params()
     head = cfg.dim * cfg.vocab_size
     if phase == "decode":
         kv = cfg.n_layers * context * cfg.kv_dim
@@ -197,19 +197,26 @@ def utilization(cfg, spec, plan, pre, phase: str, led: Ledger, context: int, inp
     return {"cores": cores, "mac": macs / peak_macs, "sram_bandwidth": read / peak_bytes}
 
 
-def paper_decode_tps(spec: DeviceSpec, model: str, side: int, context: int = 4096, dtype: str = "float16") -> float:
+def artifact_decode_tps(dec: DecodeProgram, context: int) -> float:
     """Decode tokens/s as the paper's artifact measures it: one layer's cycles x layer count."""
+    return dec.spec.clock_hz / (layer_ledger(dec, [context - 1], 0, [context - 1]).cycles * dec.cfg.n_layers)
+
+
+def artifact_prefill_tps(pre: PrefillProgram, input_len: int) -> float:
+    """Prefill tokens/s as the artifact measures it: input tokens / (one layer's cycles x layer count)."""
+    return input_len * pre.spec.clock_hz / (handoff.prefill_layer_ledger(pre, input_len).cycles * pre.cfg.n_layers)
+
+
+def paper_decode_tps(spec: DeviceSpec, model: str, side: int, context: int = 4096, dtype: str = "float16") -> float:
+    """artifact_decode_tps for a preset model on a side x side decode grid."""
     from waferllm.model.config import get_config
 
-    cfg = get_config(model)
-    dec = decode_program(cfg, spec, (side, side), dtype, context)
-    return spec.clock_hz / (layer_ledger(dec, [context - 1], 0, [context - 1]).cycles * cfg.n_layers)
+    return artifact_decode_tps(decode_program(get_config(model), spec, (side, side), dtype, context), context)
 
 
 def paper_prefill_tps(spec: DeviceSpec, model: str, side: int, input_len: int = 4096, dtype: str = "float16") -> float:
-    """Prefill tokens/s as the paper's artifact measures it: input tokens / (one layer's cycles x layers)."""
+    """artifact_prefill_tps for a preset model on a side x side prefill grid."""
     from waferllm.model.config import get_config
 
-    cfg = get_config(model)
-    pre = PrefillProgram(cfg=cfg, spec=spec, rows=side, cols=side, dtype=dtype)
-    return input_len * spec.clock_hz / (handoff.prefill_layer_ledger(pre, input_len).cycles * cfg.n_layers)
+    pre = PrefillProgram(cfg=get_config(model), spec=spec, rows=side, cols=side, dtype=dtype)
+    return artifact_prefill_tps(pre, input_len)
