@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from waferllm.machine import layout, local, noc, shard
+from waferllm.machine import layout, local, noc, ops, shard
 from waferllm.machine.mesh import Array, Mesh, is_abstract
-from waferllm.machine.rings import ring_pos
+from waferllm.machine.rings import interleave_order, ring_pos
 
 GEMM_ALGOS = ("meshgemm", "summa", "cannon")
 
@@ -58,43 +58,34 @@ def _batched(place, mesh: Mesh, a, b, *args):
     return jnp.stack([p[0] for p in parts], axis=3), jnp.stack([p[1] for p in parts], axis=3)
 
 
-def _place_cannon(mesh: Mesh, a, b, kind: str, host_skew_b: bool):
-    """A stacks [R, C, sA, mb, kb] in ring order; B stacks [R, C, sB, kb, nb], pre-skewed on host if asked."""
-    R, C = mesh.shape
-    L = math.lcm(R, C)
-    sA, sB = L // C, L // R
-    order = "ring" if kind == "interleaved" else "natural"
-    at = layout.scatter(mesh, a, stack=sA, row_order=order, col_order=order)
-    if at.ndim == 4:
-        at = at[:, :, None] if not is_abstract(at) else jax.ShapeDtypeStruct(at.shape[:2] + (1,) + at.shape[2:], at.dtype)
-    K, N = b.shape
-    kb, nb = layout.blocks(K, L), layout.blocks(N, C)
-    if is_abstract(b):
-        return at, jax.ShapeDtypeStruct((R, C, sB, kb, nb), b.dtype)
-    pos_y, pos_x = _ring_positions(mesh, kind)
-    bb = layout.pad_to(b, (L * kb, C * nb)).reshape(L, kb, C, nb)
-    r = pos_y[:, None] * sB + np.arange(sB)[None, :]  # [R, sB] Y-ring position of each stack slot
-    skew = (pos_x * sA) if host_skew_b else np.zeros(C, np.int64)
-    kidx = (r[:, None, :] + skew[None, :, None]) % L  # [R, C, sB] k-block held
-    bt = bb[kidx, :, pos_x[None, :, None], :]  # [R, C, sB, kb, nb]
-    return at, shard.place(bt.astype(b.dtype), mesh.devices)
-
-
 def _stack_shift(mesh: Mesh, x: Array, axis: str, kind: str, direction: int, mask=None) -> Array:
-    """Move a ring of stacked blocks one position: each core passes one end block to its ring neighbour."""
+    """Move a ring of stacked blocks one position: each core passes one end block to its ring neighbour.
+
+    mask [lines] (may be traced): only those lines move (rows for axis x, columns for axis y)."""
     s = x.shape[2]
-    out_end = local.take_slot(x, 0 if direction < 0 else s - 1)
-    if mask is None:
-        got = noc.shift(mesh, out_end, axis, kind, direction)
-    else:
-        got = noc.shift_rows_masked(mesh, out_end, axis, mask, kind, direction)
+    got = noc.shift(mesh, local.take_slot(x, 0 if direction < 0 else s - 1), axis, kind, direction)
     new = local.push_slot(x, got, front=direction > 0)
     if mask is None or is_abstract(x):
         return new
-    m = np.asarray(mask, bool)
-    m = (m[:, None] if axis == "x" else m[None, :]).reshape((mesh.rows if axis == "x" else 1,
-                                                             mesh.cols if axis == "y" else 1) + (1,) * (x.ndim - 2))
-    return jnp.where(jnp.asarray(m), new, x)
+    m = jnp.asarray(mask).reshape((-1, 1) if axis == "x" else (1, -1))
+    return jnp.where(m.reshape(m.shape + (1,) * (x.ndim - 2)), new, x)
+
+
+def _ring_step(mesh: Mesh, x: Array, head, axis: str, kind: str) -> Array:
+    """One step of a stack used as a ring buffer: the block at `head` (same on every core) goes to the ring
+    neighbour and the block received takes its slot; the next step reads head + 1 (no stack copy)."""
+    got = noc.shift(mesh, local.take_slot(x, head), axis, kind, -1)
+    return x if is_abstract(x) else x.at[:, :, head].set(got)
+
+
+def _loop(mesh: Mesh, n: int, body, carry, trace, snap):
+    """n identical-cost steps: one compiled loop, or (with a trace) unrolled, snapshotting each step."""
+    if trace is None:
+        return ops.loop(mesh, n, body, carry)
+    for t in mesh.repeat(n, False):
+        carry = body(t, carry)
+        snap(t, carry)
+    return carry
 
 
 def _align(mesh: Mesh, x: Array, axis: str, kind: str, need: np.ndarray, shortest: bool, trace, name):
@@ -103,50 +94,96 @@ def _align(mesh: Mesh, x: Array, axis: str, kind: str, need: np.ndarray, shortes
     back = need if not shortest else np.where(need <= n_pos - need, need, 0)
     fwd = np.zeros_like(need) if not shortest else np.where(need <= n_pos - need, 0, n_pos - need)
     steps = int(max(back.max(initial=0), fwd.max(initial=0)))
+
+    def body(t, x):  # every alignment step moves one block: same cost
+        with mesh.step():
+            if (back > 0).any():
+                x = _stack_shift(mesh, x, axis, kind, -1, mask=jnp.asarray(back) > t)
+            if (fwd > 0).any():
+                x = _stack_shift(mesh, x, axis, kind, +1, mask=jnp.asarray(fwd) > t)
+        return x
+
     with mesh.phase("align"):
-        for t in mesh.repeat(steps, is_abstract(x)):  # every alignment step moves one block: same cost
-            with mesh.step():
-                if (back > t).any():
-                    x = _stack_shift(mesh, x, axis, kind, -1, mask=back > t)
-                if (fwd > t).any():
-                    x = _stack_shift(mesh, x, axis, kind, +1, mask=fwd > t)
-            _snap(trace, f"{name}-align-{t}", x)
-    return x
+        return _loop(mesh, steps, body, x, trace, lambda t, x: _snap(trace, f"{name}-align-{t}", x))
 
 
-def _cannon(mesh: Mesh, a, b, algo: str, trace, b_on_device: bool = False) -> Array:
-    """Compute-shift GEMM. meshgemm: interleaved rings (<= 2 hops), B pre-skewed on the host (unless it was
-    made on the device), A aligned on device the shorter way; cannon: rings with the wrap-around edge,
-    both operands aligned on device."""
+def cannon_tiles(mesh: Mesh, at: Array, bt: Array, *, algo: str = "meshgemm", b_skewed: bool = True,
+                 trace: list | None = None) -> Array:
+    """Compute-shift GEMM on tiles: A stacks [R, C, sA, *batch, mb, kb] (K blocks in ring order along X),
+    B stacks [R, C, sB, *batch_b, kb, nb] (along Y) -> C [R, C, *batch, mb, nb]; sA = L/C, sB = L/R.
+
+    meshgemm: interleaved rings (<= 2 hops), A aligned on the device the shorter way, B pre-skewed on the
+    host unless b_skewed=False (made on the device: skewed there too); cannon: wrap rings, both aligned.
+    B's batch axes are A's leading ones (one V head serves its query heads).
+    """
     kind = "interleaved" if algo == "meshgemm" else "wrap"
     R, C = mesh.shape
     L = math.lcm(R, C)
     sA, sB = L // C, L // R
-    M, N = a.shape[-2], b.shape[-1]
-    host_skew = algo == "meshgemm" and not b_on_device
-    at, bt = _batched(_place_cannon, mesh, a, b, kind, host_skew)
-    mb, kb, nb = at.shape[-2], at.shape[-1], bt.shape[-1]
     pos_y, pos_x = _ring_positions(mesh, kind)
     abstract = is_abstract(at)
     acc_dt = jnp.float32 if np.dtype(at.dtype) == np.float32 else at.dtype
-    batch = at.shape[3:-2]
-    ct = local.zeros(mesh, batch + (mb, nb), acc_dt, abstract)
-    nbat = int(np.prod(batch))
-    with mesh.hold(a=at, b=bt, c=ct, a_buf=nbat * mb * kb * _isz(at), b_buf=nbat * kb * nb * _isz(bt)), \
+    ct = local.zeros(mesh, at.shape[3:-1] + bt.shape[-1:], acc_dt, abstract)
+    a_buf, b_buf = math.prod(at.shape[3:]) * _isz(at), math.prod(bt.shape[3:]) * _isz(bt)
+    with mesh.hold(a=at, b=bt, c=ct, a_buf=a_buf, b_buf=b_buf), \
             mesh.routes(f"{kind} ring x", 2), mesh.routes(f"{kind} ring y", 2):
         _snap(trace, "placed-a", at)
         _snap(trace, "placed-b", bt)
         at = _align(mesh, at, "x", kind, pos_y * sB, algo == "meshgemm", trace, "a")
-        if not host_skew:  # textbook Cannon, or a B made on the device: skew it on the device too
+        if not (algo == "meshgemm" and b_skewed):  # textbook Cannon, or a B made on the device
             bt = _align(mesh, bt, "y", kind, pos_x * sA, algo == "meshgemm", trace, "b")
+
+        def body(t, carry):
+            ct, at, bt = carry
+            ha, hb = t % sA, t % sB
+            with mesh.step():
+                ct = local.matmul(mesh, local.take_slot(at, ha), local.take_slot(bt, hb), ct)
+                at = _ring_step(mesh, at, ha, "x", kind)
+                bt = _ring_step(mesh, bt, hb, "y", kind)
+            return ct, at, bt
+
         with mesh.phase("compute-shift"):
-            for t in mesh.repeat(L, abstract):
-                with mesh.step():
-                    ct = local.matmul(mesh, local.take_slot(at, 0), local.take_slot(bt, 0), ct)
-                    at = _stack_shift(mesh, at, "x", kind, -1)
-                    bt = _stack_shift(mesh, bt, "y", kind, -1)
-                _snap(trace, f"step-{t}", ct)
-    if abstract:
+            ct, _, _ = _loop(mesh, L, body, (ct, at, bt), trace, lambda t, c: _snap(trace, f"step-{t}", c[0]))
+    return ct
+
+
+def place_b(mesh: Mesh, b, kind: str = "interleaved", host_skew: bool = True) -> Array:
+    """B[K, N] -> stacks [R, C, sB, kb, nb]: K cut into L blocks (Y-ring positions), N into C blocks
+    (X-ring positions), pre-skewed by the X ring position when host_skew (MeshGEMM's host-side skew)."""
+    R, C = mesh.shape
+    L = math.lcm(R, C)
+    sA, sB = L // C, L // R
+    K, N = b.shape
+    kb, nb = layout.blocks(K, L), layout.blocks(N, C)
+    if is_abstract(b):
+        return jax.ShapeDtypeStruct((R, C, sB, kb, nb), b.dtype)
+    pos_y, pos_x = _ring_positions(mesh, kind)
+    bb = layout.pad_to(b, (L * kb, C * nb)).reshape(L, kb, C, nb)
+    r = pos_y[:, None] * sB + np.arange(sB)[None, :]  # [R, sB] Y-ring position of each stack slot
+    skew = (pos_x * sA) if host_skew else np.zeros(C, np.int64)
+    kidx = (r[:, None, :] + skew[None, :, None]) % L  # [R, C, sB] k-block held
+    bt = bb[kidx, :, pos_x[None, :, None], :]  # [R, C, sB, kb, nb]
+    return shard.place(bt.astype(b.dtype), mesh.devices)
+
+
+def _place_cannon(mesh: Mesh, a, b, kind: str, host_skew: bool):
+    """A stacks [R, C, sA, mb, kb] in ring order; B stacks [R, C, sB, kb, nb], pre-skewed on host if asked."""
+    L = math.lcm(*mesh.shape)
+    order = "ring" if kind == "interleaved" else "natural"
+    at = layout.scatter(mesh, a, stack=L // mesh.cols, row_order=order, col_order=order)
+    if at.ndim == 4:
+        at = at[:, :, None] if not is_abstract(at) else jax.ShapeDtypeStruct(at.shape[:2] + (1,) + at.shape[2:], at.dtype)
+    return at, place_b(mesh, b, kind, host_skew)
+
+
+def _cannon(mesh: Mesh, a, b, algo: str, trace, b_on_device: bool = False) -> Array:
+    """Global A[(H,) M, K] @ B[(H,) K, N] through cannon_tiles (placement and gather on the host)."""
+    kind = "interleaved" if algo == "meshgemm" else "wrap"
+    M, N = a.shape[-2], b.shape[-1]
+    host_skew = algo == "meshgemm" and not b_on_device
+    at, bt = _batched(_place_cannon, mesh, a, b, kind, host_skew)
+    ct = cannon_tiles(mesh, at, bt, algo=algo, b_skewed=host_skew, trace=trace)
+    if is_abstract(ct):
         return jax.ShapeDtypeStruct(a.shape[:-2] + (M, N), ct.dtype)
     order = "ring" if kind == "interleaved" else "natural"
     if a.ndim == 3:
@@ -218,44 +255,62 @@ def _snap(trace, name, x) -> None:
 
 
 # --- dist-GEMM-T ---------------------------------------------------------------
-def gemm_t(mesh: Mesh, a, b, *, trace: list | None = None) -> Array:
-    """C = A B^T without transposing B: A[M_y, K_x], B[N_y, K_x] -> C[M_y, N_x].
+def gemm_t_tiles(mesh: Mesh, at: Array, bt: Array, *, trace: list | None = None) -> Array:
+    """C = A B^T on tiles without transposing B: A [R, C, *batch, mb, kb] (ring order on both axes),
+    B stacks [R, C, sB, *batch_b, nb, kb] (N blocks p*sB.. at Y-ring position p) -> C stacks
+    [R, C, sC, *batch, mb, nb] (N blocks q*sC.. at X-ring position q); sB = L/R, sC = L/C.
 
-    N is cut into L = lcm(R, C) blocks: core row at Y-ring position p holds B blocks p*L/R .. as a stack
-    that rotates one block per step; each core multiplies its A tile by the active B block (transposed
-    access, no data transpose) and the row reduces the partial to the column owning that C block, in a
-    pipelined chain (a relay adds each element) overlapped with the next step.
+    Each step every core multiplies its A tile by the active B block (transposed access), the row
+    chain-reduces the partial into the column owning that C block (a relay adds each element, overlapped
+    with the next step), and B's stack rotates one block along Y. B's batch axes are A's leading ones.
     """
     R, C = mesh.shape
     L = math.lcm(R, C)
     sB, sC = L // R, L // C
-    M, K = a.shape[-2:]
-    N = b.shape[-2]
+    abstract = is_abstract(at)
+    acc_dt = jnp.float32 if np.dtype(at.dtype) == np.float32 else at.dtype
+    mb, nb = at.shape[-2], bt.shape[-2]
+    ct = local.zeros(mesh, (sC,) + at.shape[2:-1] + (nb,), acc_dt, abstract)
+    pos_y = ring_pos(R)
+    order = jnp.asarray(interleave_order(C))
+    part_bytes = math.prod(at.shape[2:-1]) * nb * 4
+    b_buf = math.prod(bt.shape[3:]) * _isz(bt)
+    with mesh.hold(a=at, b=bt, c=ct, b_buf=b_buf, partial=part_bytes), \
+            mesh.routes("interleaved ring y", 2), mesh.routes("reduce chain x", 2):
+
+        def body(t, carry):
+            ct, bt = carry
+            h = t % sB
+            with mesh.phase("compute-shift-reduce"), mesh.step():
+                part = local.matmul(mesh, at, local.take_slot(bt, h), trans_b=True)  # [R, C, *batch, mb, nb]
+                n_of_row = (jnp.asarray(pos_y) * sB + t) % L  # C block each row produces this step
+                red = noc.reduce_to_owner(mesh, part, "x", order[n_of_row // sC])
+                if not abstract:
+                    slot = (jnp.arange(sC)[None, :] == (n_of_row % sC)[:, None])[:, None, :]  # [R, 1, sC]
+                    ct = ct + jnp.where(slot.reshape(slot.shape + (1,) * (ct.ndim - 3)), red[:, :, None], 0
+                                        ).astype(ct.dtype)
+                bt = _ring_step(mesh, bt, h, "y", "interleaved")
+            return ct, bt
+
+        ct, _ = _loop(mesh, L, body, (ct, bt), trace, lambda t, c: _snap(trace, f"step-{t}", c[0]))
+        with mesh.phase("drain"):  # the last partial still has to cross the row
+            noc.drain(mesh, jax.ShapeDtypeStruct(part_shape(at, nb), np.float32), "x")
+    return ct
+
+
+def part_shape(at: Array, nb: int) -> tuple[int, ...]:
+    return at.shape[:-1] + (nb,)
+
+
+def gemm_t(mesh: Mesh, a, b, *, trace: list | None = None) -> Array:
+    """Global C = A B^T: A[(H,) M_y, K_x], B[(H,) N_y, K_x] -> C[(H,) M_y, N_x] through gemm_t_tiles."""
+    R, C = mesh.shape
+    sB = math.lcm(R, C) // R
+    M, N = a.shape[-2], b.shape[-2]
     with mesh.phase("gemm_t"):
         at, bt = _batched(_place_gemm_t, mesh, a, b, sB)  # [R, C, 1, (H,) mb, kb], [R, C, sB, (H,) nb, kb]
-        at = local.take_slot(at, 0)
-        mb, kb, nb = at.shape[-2], at.shape[-1], bt.shape[-2]
-        batch = at.shape[2:-2]
-        abstract = is_abstract(at)
-        ct = local.zeros(mesh, (sC,) + batch + (mb, nb), jnp.float32 if np.dtype(at.dtype) == np.float32 else at.dtype,
-                         abstract)
-        nbat = int(np.prod(batch))
-        pos_y, pos_x = ring_pos(R), ring_pos(C)
-        eb = _isz(at)
-        with mesh.hold(a=at, b=bt, c=ct, b_buf=nbat * nb * kb * eb, partial=nbat * mb * nb * 4), \
-                mesh.routes("interleaved ring y", 2), mesh.routes("reduce chain x", 2):
-            for t in mesh.repeat(L, abstract):
-                with mesh.phase("compute-shift-reduce"), mesh.step():
-                    part = local.matmul(mesh, at, local.take_slot(bt, 0), trans_b=True)  # [R, C, mb, nb]
-                    relay = mesh.spec.relay_cycles_per_element * nbat * mb * nb if C > 1 else 0.0
-                    mesh.charge_comm(relay)
-                    ct = _reduce_into_owner(mesh, ct, part, (pos_y * sB + t) % L, sC, pos_x)
-                    bt = _stack_shift(mesh, bt, "y", "interleaved", -1)
-                _snap(trace, f"step-{t}", ct)
-            with mesh.phase("drain"):  # the last partial still has to cross the row
-                mesh.charge_comm(noc.chain_cycles(mesh, nbat * mb * nb, 4, C - 1, C - 1) if C > 1 else 0.0,
-                                 hops=C - 1, stages=C - 1)
-    if abstract:
+        ct = gemm_t_tiles(mesh, local.take_slot(at, 0), bt, trace=trace)
+    if is_abstract(ct):
         return jax.ShapeDtypeStruct(a.shape[:-2] + (M, N), ct.dtype)
     if a.ndim == 3:
         return jnp.stack([_gather_stacked_c(mesh, ct[:, :, :, i], M, N) for i in range(a.shape[0])])
@@ -282,18 +337,6 @@ def _place_gemm_t_b(mesh: Mesh, b, sB: int) -> Array:
     nidx = pos_y[:, None] * sB + np.arange(sB)[None, :]  # [R, sB]
     bt = bb[nidx[:, None, :], :, pos_x[None, :, None], :]  # [R, C, sB, nb, kb]
     return shard.place(bt, mesh.devices)
-
-
-def _reduce_into_owner(mesh: Mesh, ct, part, n_of_row, sC: int, pos_x):
-    """Sum the row's partials (chain along X) into the owner column's stack slot for block n_of_row[y]."""
-    if is_abstract(part):
-        return ct
-    total = noc._chain(jnp.moveaxis(part, 1, 0), "sum")  # [R, mb, nb], summed along the row
-    owner = (pos_x[None, :] == (n_of_row // sC)[:, None])  # [R, C]
-    slot = (np.arange(sC)[None, :] == (n_of_row % sC)[:, None])  # [R, sC]
-    m = owner[:, :, None] & slot[:, None, :]
-    mask = jnp.asarray(m.reshape(m.shape + (1,) * (ct.ndim - 3)))
-    return ct + jnp.where(mask, total[:, None, None].astype(ct.dtype), 0)
 
 
 def _gather_stacked_c(mesh: Mesh, ct, M: int, N: int):

@@ -251,3 +251,112 @@ def _ring(v: jax.Array, op: str) -> jax.Array:
     for s in range(2, p + 1):
         acc = f(acc, chunks[(jnp.arange(p) + s) % p, jnp.arange(p)])
     return acc.reshape(-1)[:n].reshape(v.shape[1:])
+
+
+# --- pipelined reductions to an owner line (dist-GEMM-T) ---------------------------------------
+def reduce_to_owner(mesh: Mesh, x: Array, axis: str, owner) -> Array:
+    """Chain-reduce every line's tile x [R, C, *tile] along `axis` into the line's owner core; other cores
+    get zeros. owner: [lines] index of the owner core (may be traced). Charged as the chain's streaming
+    rate (a relay adds each element), which overlaps the next compute step; `drain` charges the tail."""
+    elems = int(math.prod(x.shape[2:]))
+    n = mesh.size(axis)
+    mesh.charge_comm(mesh.spec.relay_cycles_per_element * elems if n > 1 else 0.0)
+    if is_abstract(x):
+        return x
+    a = AX[axis]
+    total = jnp.sum(x.astype(jnp.float32), axis=a, keepdims=True).astype(x.dtype)
+    idx = jnp.arange(n).reshape((1, n) if axis == "x" else (n, 1))
+    own = jnp.asarray(owner).reshape((-1, 1) if axis == "x" else (1, -1))
+    keep = idx == own
+    keep = keep.reshape(keep.shape + (1,) * (x.ndim - 2))
+    return jnp.where(keep, total, jnp.zeros_like(x))
+
+
+def drain(mesh: Mesh, x: Array, axis: str) -> None:
+    """The last pipelined chain's latency across the line (after a loop of reduce_to_owner steps)."""
+    n = mesh.size(axis)
+    if n > 1:
+        elems = int(math.prod(x.shape[2:]))
+        mesh.charge_comm(chain_cycles(mesh, elems, 4, n - 1, n - 1), hops=n - 1, stages=n - 1)
+
+
+# --- moves between regions ---------------------------------------------------------------
+def _core_bytes(x: Array, layout: str, live: dict[str, int] | None) -> int:
+    """Bytes per core of x laid out as `layout` (Y/X grid letters drop out; live overrides extents)."""
+    live = live or {}
+    elems = math.prod(live.get(c, n) for c, n in zip(layout, x.shape) if c not in "YX")
+    return int(elems) * np.dtype(x.dtype).itemsize
+
+
+def transfer(mesh: Mesh, x: Array, layout: str, hops: float, *, live: dict[str, int] | None = None) -> Array:
+    """Every core receives its tile of x from `hops` away (another region: the data keeps its place in the
+    tile layout); one message per core, all in parallel."""
+    mesh.charge_comm(transfer_cycles(mesh, _core_bytes(x, layout, live), hops), hops=hops)
+    return x
+
+
+def relayout(mesh: Mesh, x: Array, out_shape: tuple[int, ...], layout: str, hops: float, index_fn,
+             *, dtype=None, live: dict[str, int] | None = None) -> Array:
+    """Every core gathers its new tile (out_shape laid out as `layout`) from tiles `hops` away.
+
+    index_fn() -> int array of out_shape: the flat position in x of each element (-1: zero); called only
+    for numeric runs. Charged as one message of the destination tile per core.
+    """
+    dt = np.dtype(dtype or x.dtype)
+    out = jax.ShapeDtypeStruct(tuple(out_shape), dt)
+    mesh.charge_comm(transfer_cycles(mesh, _core_bytes(out, layout, live), hops), hops=hops)
+    if is_abstract(x):
+        return out
+    idx = np.asarray(index_fn())
+    flat = jnp.asarray(x).reshape(-1)
+    got = jnp.take(flat, jnp.asarray(np.maximum(idx, 0)), axis=0)
+    return jnp.where(jnp.asarray(idx >= 0), got, 0).astype(dt)
+
+
+# --- decode-program moves (KV shift, embedding rows, sampling gather, wafer boundaries) -------
+def line_shift(mesh: Mesh, x: Array, layout: str, fill: Array, *, along: str = "Y",
+               live: dict[str, int] | None = None) -> Array:
+    """Every core sends its tile to the previous core along `along` over the adjacent link (core i gets
+    core i+1's; the last gets `fill`, laid out as x without that axis), all cores in one parallel step.
+
+    One 1-hop message per core of the live bytes, whatever the strategy (the program places the lines
+    itself); a pass that carries nothing (live extent 0) sends no message.
+    """
+    nbytes = _core_bytes(x, layout, live)
+    if nbytes > 0:
+        mesh.charge_comm(transfer_cycles(mesh, nbytes, 1), hops=1)
+    if is_abstract(x):
+        return x
+    a = layout.index(along)
+    rest = jax.lax.slice_in_dim(x, 1, x.shape[a], axis=a)
+    return jnp.concatenate([rest, jnp.expand_dims(fill.astype(x.dtype), a)], axis=a)
+
+
+def multicast_from_owners(mesh: Mesh, x: Array, layout: str, along: str) -> Array:
+    """Router multicast along `along` of tiles whose owner line differs per element (B tokens' embedding
+    rows, each in its own column): x holds the owners' data; charged at the farthest owner (n-1 hops)."""
+    hops = mesh.size(along.lower()) - 1
+    mesh.charge_comm(transfer_cycles(mesh, _core_bytes(x, layout, None), hops), hops=hops)
+    return x
+
+
+def gather_line(mesh: Mesh, x: Array, layout: str, along: str, *, live: dict[str, int] | None = None) -> Array:
+    """Every core along `along` streams its tile to the line's end core: one stream of n tiles back to
+    back over n-1 hops. Returns the tiles stacked at that core: [n, ...] (x's `along` axis moved first)."""
+    n = mesh.size(along.lower())
+    mesh.charge_comm(transfer_cycles(mesh, n * _core_bytes(x, layout, live), n - 1), hops=n - 1)
+    a = layout.index(along)
+    if is_abstract(x):
+        return jax.ShapeDtypeStruct((x.shape[a],) + x.shape[:a] + x.shape[a + 1:], x.dtype)
+    return jnp.moveaxis(x, a, 0)
+
+
+def interwafer(mesh: Mesh, x: Array, *, times: int = 1) -> Array:
+    """All of x (e.g. activations [B, D]) crosses a wafer boundary `times` times in sequence: link latency +
+    bytes / link rate (spec.interwafer_latency_s, interwafer_bytes_per_s), exposed (a pipeline hand-over)."""
+    s = mesh.spec
+    if times > 0:
+        nbytes = math.prod(x.shape) * np.dtype(x.dtype).itemsize
+        t = s.interwafer_latency_s + nbytes / s.interwafer_bytes_per_s
+        mesh.charge_comm(t * s.clock_hz, times=times)
+    return x
