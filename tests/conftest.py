@@ -5,11 +5,19 @@ Loaded once per session: the GGUF (~5 s), transformers' model for it (~15 s) and
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # No model hub here: transformers must never try the network.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# The suite never reads or fills the user's cache: `waferllm` (in-process main() and the CLI subprocesses)
+# keeps its JAX compile cache under $XDG_CACHE_HOME, a folder of this session's own.
+_CACHE = tempfile.mkdtemp(prefix="waferllm-test-cache-")
+os.environ["XDG_CACHE_HOME"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 from pathlib import Path  # noqa: E402
 

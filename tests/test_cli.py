@@ -3,6 +3,8 @@
 import json
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +104,43 @@ def test_bad_device_file(tmp_path):
                          capture_output=True, text=True)
     assert res.returncode == 2 and "unknown device field 'cores_wide'" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_compile_cache_flag_before_or_after_the_command():
+    from waferllm.cli import build_parser
+
+    p = build_parser()
+    assert p.parse_args(["bench", "gemv"]).compile_cache is None  # default: the user's cache folder
+    assert p.parse_args(["--compile-cache", "off", "bench", "gemv"]).compile_cache == "off"
+    assert p.parse_args(["bench", "gemv", "--compile-cache", "/x"]).compile_cache == "/x"
+    assert p.parse_args(["validate", "--compile-cache", "off"]).compile_cache == "off"
+
+
+def test_compile_cache_lives_in_the_xdg_cache_folder(monkeypatch, tmp_path):
+    from waferllm.engine.compile_cache import default_cache_dir
+
+    assert str(default_cache_dir()).startswith(tempfile.gettempdir())  # the suite never touches the user's cache
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "waferllm" / "jax"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/dir")  # not absolute: ignored, as the XDG spec says
+    assert default_cache_dir() == Path.home() / ".cache" / "waferllm" / "jax"
+
+
+@pytest.mark.parametrize("where, cached", [("DIR", True), ("off", False)])
+def test_compile_cache_keeps_compiled_programs(tmp_path, where, cached):
+    d = tmp_path / "jax"
+    code = ("import sys, jax; from waferllm.engine.compile_cache import enable_compile_cache; "
+            "enable_compile_cache(sys.argv[1]); jax.jit(lambda x: x * 3 + 1)(2.0).block_until_ready()")
+    res = subprocess.run([sys.executable, "-c", code, str(d) if where == "DIR" else "off"], capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stderr
+    assert (d.is_dir() and any(d.iterdir())) == cached
+
+
+def test_compile_cache_bad_folder_is_one_line(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("")
+    res = subprocess.run([sys.executable, "-m", "waferllm.cli", "--compile-cache", str(f / "sub"), "validate"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and res.stdout == "" and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "as the compile cache" in res.stderr

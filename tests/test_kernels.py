@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from waferllm.kernels import gemm, gemm_t, gemv
+from waferllm.kernels import gemm, gemm_t, gemv, gemv_x_to_y, gemv_y_to_x
 from waferllm.machine import Mesh
 from waferllm.machine.rings import ring_pos
 
@@ -98,6 +98,8 @@ def test_meshgemm_alignment_takes_the_short_way(wse2):
 
 
 def test_gemv_partial_sums_and_flip(roomy):
+    """The one MeshGEMV kernel (what decode runs): core (y, x) holds x_y's slice y times W's block (y, x),
+    and after the K-tree the output is split along X and replicated along Y."""
     R, C = 4, 3
     x, w = _rand((10,), 9), _rand((10, 7), 10)
     trace = []
@@ -106,9 +108,28 @@ def test_gemv_partial_sums_and_flip(roomy):
     kb, nb = 3, 3
     X = np.pad(x, (0, R * kb - 10))
     W = np.pad(w, ((0, R * kb - 10), (0, C * nb - 7)))
+    assert st["partial"].shape == (R, C, 1, nb)  # [R, C, B, nb] per-core partials of a batch of one
     for y in range(R):
         for xx in range(C):
-            np.testing.assert_allclose(st["partial"][y, xx], X[y * kb:(y + 1) * kb] @ W[y * kb:(y + 1) * kb,
+            np.testing.assert_allclose(st["partial"][y, xx, 0], X[y * kb:(y + 1) * kb] @ W[y * kb:(y + 1) * kb,
                                        xx * nb:(xx + 1) * nb], rtol=1e-5, atol=1e-6)
             # after the K-tree: output split along X, replicated along Y
-            np.testing.assert_allclose(st["reduced"][y, xx], (X @ W)[xx * nb:(xx + 1) * nb], rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(st["reduced"][y, xx, 0], (X @ W)[xx * nb:(xx + 1) * nb], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("algo", ["meshgemv", "pipeline", "ring"])
+@pytest.mark.parametrize("grid", [(1, 1), (3, 5), (4, 2)])
+def test_compact_gemv_both_directions(roomy, grid, algo):
+    """x_y [B, R, kb] @ W [R, kb, C, nb] -> y_x [B, C, nb] and back x_x [B, C, nb] @ W [C, nb, R, kb] -> y_y."""
+    R, C = grid
+    B, kb, nb = 3, 4, 5
+    xy, w1 = _rand((B, R, kb), 11), _rand((R, kb, C, nb), 12)
+    mesh = Mesh(roomy, R, C)
+    yx = np.asarray(gemv_y_to_x(mesh, xy, w1, algo))
+    np.testing.assert_allclose(yx.reshape(B, C * nb), xy.reshape(B, R * kb) @ w1.reshape(R * kb, C * nb),
+                               rtol=1e-5, atol=1e-5)
+    w2 = _rand((C, nb, R, kb), 13)
+    yy = np.asarray(gemv_x_to_y(mesh, yx, w2, algo))
+    np.testing.assert_allclose(yy.reshape(B, R * kb), yx.reshape(B, C * nb) @ w2.reshape(C * nb, R * kb),
+                               rtol=1e-5, atol=1e-4)
+    assert mesh.ledger.cycles > 0

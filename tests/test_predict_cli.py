@@ -24,6 +24,9 @@ def test_predict_prefill_json():
 @pytest.mark.parametrize("args, msg", [
     (["--model", "foo"], "unknown model 'foo'"),
     (["--model", "llama3-8b", "--grid", "0x3"], "bad grid '0x3'"),
+    (["--model", "llama3-8b", "--grid", "big"], "bad grid 'big'; expected auto or ROWSxCOLS"),
+    (["--model", "llama3-8b", "--phase", "prefill", "--prefill-grid", "1000x10"],
+     "prefill grid 1000x10 does not fit device wse2 (994x750 cores"),
     (["--model", "llama3-8b", "--context", "0"], "--context must be > 0"),
     (["--model", "llama3-8b", "--context", "999999"], "beyond llama3-8b's context"),
     (["--model", "llama3-8b", "--grid", "2000x2000"], "does not fit device wse2"),
@@ -76,7 +79,7 @@ def test_predict_agrees_with_the_engine(engine_for, smollm):
 
 def test_mesh_oblivious_strategies_are_orders_of_magnitude_slower():
     """T10-style (crossbar memory) and Ladder-style (shared memory) plans on the same wafer (paper s7)."""
-    from waferllm.model.config import get_config
+    from waferllm.model import get_config
     from waferllm.perf.predict import predict
     from waferllm.spec import get_device
 
@@ -94,3 +97,52 @@ def test_mesh_oblivious_strategies_are_orders_of_magnitude_slower():
 def test_unknown_strategy_one_line():
     res = _run("--model", "llama3-8b", "--strategy", "cerebras")
     assert res.returncode == 2 and "invalid choice" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_grids_resolve_auto_by_the_callers_meaning(wse2):
+    """resolve_grids: explicit grids pass through (checked), `auto` asks the strategy, only where asked."""
+    from waferllm.engine.grids import AutoGrids, resolve_grids
+    from waferllm.engine.placement import auto_grid, smallest_fit
+    from waferllm.model import get_config
+
+    asked = []
+    spy = AutoGrids(name="spy", decode=lambda: asked.append("decode") or (30, 40),
+                    prefill=lambda rc: asked.append(("prefill", rc)) or (7, 7))
+    g = resolve_grids(wse2, grid="20x30", prefill_grid=(16, 24), auto=spy)
+    assert (g.decode, g.prefill, asked) == ((20, 30), (16, 24), [])
+    g = resolve_grids(wse2, grid="auto", prefill_grid="auto", auto=spy)
+    assert (g.decode, g.prefill, asked) == ((30, 40), (7, 7), ["decode", ("prefill", (30, 40))])
+    assert resolve_grids(wse2, grid="2x3", prefill_grid="none", auto=spy).prefill is None
+    assert resolve_grids(wse2, grid="2x3", prefill_grid=None, auto=spy).prefill is None
+    cfg = get_config("smollm2-135m")
+    eng = resolve_grids(wse2, grid="auto", prefill_grid="auto", auto=smallest_fit(cfg, wse2, "float32", 256))
+    assert eng.decode == auto_grid(cfg, wse2, "float32", 256) and eng.decode[0] == eng.decode[1]
+    assert resolve_grids(wse2, grid="23x29", auto=smallest_fit(cfg, wse2, "float32", 256)).prefill == (23, 23)
+
+
+@pytest.mark.parametrize("grid, msg", [
+    ("0x3", "bad grid '0x3': rows and columns must be >= 1"),
+    ("3 by 3", "bad grid '3 by 3'; expected auto or ROWSxCOLS"),
+    ((1, 2, 3), "bad grid (1, 2, 3)"),
+    ("995x10", "grid 995x10 does not fit device wse2 (994x750 cores, rows x columns)"),
+])
+def test_grids_one_clear_error(wse2, grid, msg):
+    from waferllm.engine.grids import check_grid
+    from waferllm.machine import GridError
+
+    with pytest.raises(GridError) as e:
+        check_grid(wse2, grid)
+    assert msg in str(e.value)
+
+
+def test_predict_auto_is_the_autotuner(wse2):
+    """predict's `auto` decode grid is the autotuner's pick, not the engine's smallest fit."""
+    from waferllm.engine.placement import auto_grid
+    from waferllm.model import get_config
+    from waferllm.perf.autotune import tune_decode
+    from waferllm.perf.predict import predict
+
+    cfg = get_config("llama3-8b")
+    side = tune_decode(cfg, wse2, "float16", 4096).side
+    assert predict(cfg, wse2, phase="decode", context=4096).grid == f"{side}x{side}"
+    assert (side, side) != auto_grid(cfg, wse2, "float16", 4096)

@@ -75,3 +75,28 @@ def test_device_files(tmp_path):
         load_device(str(tmp_path / "broken.json"))
     with pytest.raises(SpecError, match="cannot read device file"):
         load_device(str(tmp_path / "absent.json"))
+
+
+def test_one_dtype_table():
+    """spec/dtypes.py is the only table: bytes and array types agree, and the other layers use it."""
+    import numpy as np
+
+    from waferllm.engine import tiles
+    from waferllm.spec import ARRAY_DTYPES, DTYPE_BYTES, array_dtype, dtype_bytes, storage_bytes
+
+    assert list(ARRAY_DTYPES) == ["float32", "float16", "bfloat16"]
+    for name, dt in ARRAY_DTYPES.items():
+        assert np.dtype(dt).itemsize == DTYPE_BYTES[name] == dtype_bytes(name) == storage_bytes(name)
+        assert array_dtype(name) == dt and np.dtype(dt).name == name
+    assert tiles.DTYPES is ARRAY_DTYPES  # the engine's old name is an alias
+    assert storage_bytes("BF16") == 2 and storage_bytes("q8_0") == 34 / 32
+
+
+@pytest.mark.parametrize("call", ["dtype_bytes", "array_dtype", "check_dtype"])
+def test_unknown_dtype_lists_known(call):
+    import waferllm.spec as spec
+
+    with pytest.raises(SpecError, match=r"unknown dtype 'int3'; known: float32, float16, bfloat16"):
+        getattr(spec, call)("int3")
+    with pytest.raises(SpecError, match=r"unknown dtype 'fp8'; known: .*bf16.*q4_1"):
+        spec.storage_bytes("fp8")

@@ -85,7 +85,7 @@ def test_batching_pays_off_where_latency_dominates():
     """Llama3-8B on 420x420 (latency-bound reductions): 4 sequences cost far less than 4 steps."""
     from waferllm.engine.decode import DecodeProgram
     from waferllm.engine.placement import plan_decode
-    from waferllm.model.config import get_config
+    from waferllm.model import get_config
     from waferllm.spec import get_device
 
     cfg, spec = get_config("llama3-8b"), get_device("wse2")

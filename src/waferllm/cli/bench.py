@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from waferllm.cli import add_device_args, device_from_args
+from waferllm.cli.args import add_device_args, device_from_args
 from waferllm.machine import parse_grid
 from waferllm.perf.kernel_bench import algos_for, parse_shape, run_kernel, speedups, sweep_sides
 from waferllm.report.tables import fmt_bytes, fmt_time, table
@@ -102,7 +102,7 @@ def run_serve(args) -> int:
     import httpx
     from rich.progress import Progress
 
-    from waferllm.cli import ArgError
+    from waferllm.cli.args import ArgError
     from waferllm.server.bench import run_bench, summarize
 
     if args.num_prompts < 1 or args.max_tokens < 1 or not args.request_rate > 0:

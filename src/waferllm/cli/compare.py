@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from waferllm.cli import ArgError, add_device_args, device_from_args
+from waferllm.cli.args import ArgError, add_device_args, device_from_args
 from waferllm.report.tables import fmt_time, table
 
 # Grids when --grid / --prefill-grid are not given (pass the paper's 420x420 / 660x660 to reproduce its tables).
@@ -16,8 +16,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("compare", help="wafer vs GPUs: tokens/s, speed-up and energy per token (or one GEMV)")
     p.add_argument("--model", default="llama3-8b", help="preset, a config.json, a HF folder or a .gguf")
     add_device_args(p)
-    p.add_argument("--grid", default=None, help=f"wafer decode grid (default {DECODE_GRID}; "
-                                                "the fastest GEMV grid with --gemv; 'auto' = predict's choice)")
+    p.add_argument("--grid", default=None, help=f"wafer decode grid (default {DECODE_GRID}: the autotuner's; "
+                                                "with --gemv the fastest GEMV grid)")
     p.add_argument("--prefill-grid", default=PREFILL_GRID, help=f"wafer prefill grid (default {PREFILL_GRID})")
     p.add_argument("--input-len", type=int, default=4096, help="prefill: prompt tokens")
     p.add_argument("--context", type=int, default=4096, help="decode: tokens in the KV cache")
@@ -111,14 +111,14 @@ def _model(args, spec, gpu) -> int:
 
 
 def _gemv(args, spec, gpu) -> int:
-    from waferllm.machine import parse_grid
+    from waferllm.engine.grids import AUTO, check_grid
     from waferllm.perf.calibrate import figure
     from waferllm.perf.gpu import DEFAULT_EFFICIENCY, GEMV_LAUNCH_S, gpu_gemv_time
     from waferllm.perf.kernel_bench import run_kernel
 
     n = args.gemv
-    if args.grid:
-        grid = parse_grid(args.grid)
+    if args.grid and args.grid.strip() != AUTO:
+        grid = check_grid(spec, args.grid)
     else:  # the grid the figure was fitted at: the fastest of calibrate.GEMV_GRIDS (Table 6 names none)
         from waferllm.perf.calibrate import best_gemv
 

@@ -7,7 +7,7 @@ import math
 import sys
 from contextlib import nullcontext
 
-from waferllm.cli import ArgError, add_device_args, device_from_args
+from waferllm.cli.args import ArgError, add_device_args, device_from_args
 from waferllm.report.tables import fmt_bytes, fmt_time
 
 DEFAULT_PROMPT = "What is a wafer-scale computer? Answer in two sentences."
@@ -20,7 +20,8 @@ def add_parser(sub) -> None:
     p.add_argument("--chat", action="store_true", help="apply the checkpoint's chat template")
     p.add_argument("--system", default=None, help="system message for --chat")
     add_device_args(p)
-    p.add_argument("--grid", default="auto", help="decode grid ROWSxCOLS per layer region, or auto")
+    p.add_argument("--grid", default="auto", help="decode grid ROWSxCOLS per layer region, or auto (the smallest "
+                                                  "square holding a layer and the KV cache for the request)")
     p.add_argument("--prefill-grid", default="auto",
                    help="prefill grid ROWSxCOLS, auto (square, the decode grid's shorter side), "
                         "or none (the prompt goes through the decode path)")
@@ -67,8 +68,7 @@ def run(args) -> int:
     need = max(len(i) for i in ids) + params.max_new_tokens
     with _status(f"placing {cfg.name} on {spec.name}", args.json):
         engine = Engine(cfg, weights, spec, grid=args.grid, dtype=args.dtype, max_tokens=64 * math.ceil(need / 64),
-                        tokenizer=tok, kv_policy=args.kv,
-                        prefill_grid=None if args.prefill_grid == "none" else args.prefill_grid)
+                        tokenizer=tok, kv_policy=args.kv, prefill_grid=args.prefill_grid)
     if len(ids) > 1:  # decoded together: one lane each, skinny GEMMs instead of GEMVs
         engine.check_batch([(i, params) for i in ids])  # every prompt checked before any work
         with _status(f"decoding {len(ids)} prompts together", args.json):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from waferllm.cli import add_device_args, device_from_args
+from waferllm.cli.args import add_device_args, device_from_args
 from waferllm.report.tables import fmt_bytes, fmt_time, table
 
 
@@ -14,8 +14,9 @@ def add_parser(sub) -> None:
                                                   "smollm2-135m), a config.json, a HF folder or a .gguf")
     add_device_args(p)
     p.add_argument("--phase", default="decode", choices=["prefill", "decode", "e2e"])
-    p.add_argument("--grid", default="auto")
-    p.add_argument("--prefill-grid", default="auto")
+    p.add_argument("--grid", default="auto", help="decode grid ROWSxCOLS, or auto (the autotuner: the fastest on "
+                                                  "the fewest wafers; with --phase prefill the smallest that fits)")
+    p.add_argument("--prefill-grid", default="auto", help="prefill grid ROWSxCOLS, or auto (the autotuner)")
     p.add_argument("--context", type=int, default=4096, help="decode: tokens in the KV cache")
     p.add_argument("--input-len", type=int, default=4096, help="prefill/e2e: prompt tokens")
     p.add_argument("--output-len", type=int, default=128, help="e2e: generated tokens")

@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from waferllm.cli import ArgError, add_device_args, device_from_args
+from waferllm.cli.args import ArgError, add_device_args, device_from_args
 
 
 def add_parser(sub) -> None:

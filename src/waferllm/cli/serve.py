@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from waferllm.cli import ArgError, add_device_args, device_from_args
+from waferllm.cli.args import ArgError, add_device_args, device_from_args
 
 DEFAULT_MAX_MODEL_LEN = 256
 
@@ -16,7 +16,8 @@ def add_parser(sub) -> None:
     add_device_args(p)
     p.add_argument("--grid", default="auto", help="decode grid ROWSxCOLS, or auto (smallest square holding "
                                                   "max-batch x max-model-len tokens of KV cache)")
-    p.add_argument("--prefill-grid", default="auto", help="prefill grid ROWSxCOLS, auto or none")
+    p.add_argument("--prefill-grid", default="auto", help="prefill grid ROWSxCOLS, auto (square, the decode grid's "
+                                                           "shorter side) or none")
     p.add_argument("--kv", default="shift", choices=["shift", "concat"], help="KV cache policy")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--host", default="127.0.0.1")
@@ -31,7 +32,8 @@ def add_parser(sub) -> None:
 def build(args):
     """(scheduler, app) for the parsed arguments; the model loads once, here."""
     from waferllm.engine.generate import Engine
-    from waferllm.engine.placement import auto_grid
+    from waferllm.engine.grids import resolve_grids
+    from waferllm.engine.placement import smallest_fit
     from waferllm.engine.scheduler import Scheduler
     from waferllm.model import load_model
     from waferllm.server.app import create_app
@@ -43,11 +45,11 @@ def build(args):
         raise ArgError(f"--port must be in 0..65535, got {args.port}")
     spec = device_from_args(args)
     cfg, weights, tok = load_model(args.model)
-    grid = args.grid
-    if grid == "auto":
-        grid = auto_grid(cfg, spec, args.dtype, args.max_batch * args.max_model_len)
-    engine = Engine(cfg, weights, spec, grid=grid, dtype=args.dtype, max_tokens=args.max_model_len, tokenizer=tok,
-                    kv_policy=args.kv, prefill_grid=None if args.prefill_grid == "none" else args.prefill_grid)
+    # auto: the engine's meaning, with KV room for every lane (max-batch x max-model-len tokens)
+    grids = resolve_grids(spec, grid=args.grid, prefill_grid=args.prefill_grid,
+                          auto=smallest_fit(cfg, spec, args.dtype, args.max_batch * args.max_model_len))
+    engine = Engine(cfg, weights, spec, grid=grids.decode, dtype=args.dtype, max_tokens=args.max_model_len,
+                    tokenizer=tok, kv_policy=args.kv, prefill_grid=grids.prefill)
     per_lane = engine.lane_slots(args.max_batch)
     if per_lane < 1:
         raise ArgError(f"grid {engine.plan.grid} holds {engine.plan.kv_tokens_per_row} KV slots per row: too few "

@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from waferllm.cli import ArgError, add_device_args, device_from_args
+from waferllm.cli.args import ArgError, add_device_args, device_from_args
 from waferllm.report.tables import fmt_bytes, fmt_time, table
 
 DEFAULT_MODEL = "llama3-8b"

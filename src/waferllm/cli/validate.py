@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from waferllm.cli import add_device_args, device_from_args
+from waferllm.cli.args import add_device_args, device_from_args
 from waferllm.report.tables import table
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from waferllm.engine import kv
 from waferllm.engine.decode import DecodeProgram
 from waferllm.engine.tiles import DTYPES
-from waferllm.machine import Ledger, Mesh, noc
+from waferllm.machine import Ledger, Mesh, noc, ops
 
 
 def weight_structs(prog: DecodeProgram) -> dict:
@@ -100,7 +100,7 @@ def handover_ledger(prog: DecodeProgram, batch: int = 1) -> Ledger:
     per_row = prog.spec.width_cores // p.cols
     hops = p.cols if per_row > 1 else p.rows
     with mesh.phase("handover"):
-        mesh.charge_comm(noc.transfer_cycles(mesh, 4 * batch * p.kb, hops), hops=hops)
+        noc.transfer(mesh, jax.ShapeDtypeStruct((batch, p.rows, p.kb), jnp.float32), "bYk", hops)
     return led
 
 
@@ -108,11 +108,10 @@ def interwafer_ledger(prog: DecodeProgram, rows_of_activations: int, wafers: int
     """Pipeline hops between wafers (plan.wafers, or `wafers`, > 1): each sends `rows_of_activations` x D
     fp32 values over the inter-wafer link (spec.interwafer_bytes_per_s, spec.interwafer_latency_s)."""
     led = Ledger(clock_hz=prog.spec.clock_hz)
-    hops = (wafers or prog.plan.wafers) - 1
-    if hops > 0:
-        s = prog.spec
-        t = s.interwafer_latency_s + 4 * rows_of_activations * prog.cfg.dim / s.interwafer_bytes_per_s
-        led.charge("interwafer", comm=t * s.clock_hz, overlap=False, times=hops)
+    mesh = prog.mesh(led)
+    with mesh.phase("interwafer"):
+        acts = jax.ShapeDtypeStruct((rows_of_activations, prog.cfg.dim), jnp.float32)
+        noc.interwafer(mesh, acts, times=(wafers or prog.plan.wafers) - 1)
     return led
 
 
@@ -157,18 +156,19 @@ def _step_ledger(prog: DecodeProgram, ns, slots: int, ps) -> Ledger:
 
 
 def sampling_ledger(prog: DecodeProgram, params) -> Ledger:
-    """Extra cost of a sampled (not greedy) token on the LM-head grid."""
-    from waferllm.engine.sampling import on_mesh
-    from waferllm.machine import local
+    """Extra cost of a sampled (not greedy) token on the LM-head grid (one sequence's logits_x [C_lm, vb])."""
+    from waferllm.engine.sampling import gumbel_scores, nucleus_probs, on_mesh
 
     led = Ledger(clock_hz=prog.spec.clock_hz)
     lm = prog.lm_mesh(led)
     p = prog.plan
+    logits = jax.ShapeDtypeStruct((p.lm_cols, p.vb), jnp.float32)
+    t = max(params.temperature, 1e-6)
     with lm.phase("sample"):
         if on_mesh(params):  # each core: scale, draw, log(-log u), add; the argmax is already charged
-            local.charge_elementwise(lm, p.vb, special=2, ops=3)
+            draws = logits  # one uniform draw per logit, laid out alike
+            ops.map(lm, "Xv", lambda z, u: gumbel_scores(z, u, t), logits, draws, special=2, ops=3)
         else:  # every column streams its logits to the sampling core, which sorts out top-k/top-p
-            v = p.vb * p.lm_cols
-            lm.charge_comm(noc.transfer_cycles(lm, 4 * v, p.lm_cols - 1), hops=p.lm_cols - 1)
-            local.charge_elementwise(lm, v, special=1, ops=4)
+            line = noc.gather_line(lm, logits, "Xv", "X")  # [C_lm, vb] on one core
+            ops.map(lm, "cv", lambda z: nucleus_probs(z, t), line, special=1, ops=4)
     return led

@@ -19,14 +19,16 @@ from waferllm.engine import handoff, kv
 from waferllm.engine.batch import Batch, Timing, TokenEvent
 from waferllm.engine.cost import step_ledger
 from waferllm.engine.decode import DecodeProgram, make_decode_step
-from waferllm.engine.placement import DecodePlan, auto_grid, plan_decode
+from waferllm.engine.grids import GridArg, resolve_grids
+from waferllm.engine.placement import DecodePlan, plan_decode, smallest_fit
 from waferllm.engine.sampling import SamplingParams
-from waferllm.engine.prefill import PrefillProgram, prefill_weights
-from waferllm.engine.tiles import DTYPES, mesh_weights, shard_cache, shard_weights
-from waferllm.machine import Ledger, Mesh, parse_grid
+from waferllm.engine.prefill import PrefillProgram
+from waferllm.engine.prefill_tiles import embed_tiles, place_weights
+from waferllm.engine.tiles import mesh_weights, shard_cache, shard_weights
+from waferllm.machine import Ledger
 from waferllm.model.config import ModelConfig
 from waferllm.model.weights import ModelWeights
-from waferllm.spec import DeviceSpec
+from waferllm.spec import DeviceSpec, array_dtype, check_dtype
 
 
 class CapacityError(WaferError):
@@ -36,26 +38,28 @@ class CapacityError(WaferError):
 class Engine:
     """A model placed on a device: weights tiled on the decode grid, a jitted decode step, a cost model."""
 
-    def __init__(self, cfg: ModelConfig, weights: ModelWeights, spec: DeviceSpec, *, grid: str = "auto",
+    def __init__(self, cfg: ModelConfig, weights: ModelWeights, spec: DeviceSpec, *, grid: GridArg = "auto",
                  dtype: str = "float32", max_tokens: int = 512, tokenizer=None, devices=None,
-                 prefill_grid: str | None = "auto", kv_policy: str = "shift"):
-        if dtype not in DTYPES:
-            raise WaferError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
-        self.cfg, self.spec, self.dtype, self.tokenizer = cfg, spec, dtype, tokenizer
-        rc = auto_grid(cfg, spec, dtype, max_tokens) if grid == "auto" else grid
-        self.plan: DecodePlan = plan_decode(cfg, spec, rc, dtype)
+                 prefill_grid: GridArg | None = "auto", kv_policy: str = "shift"):
+        """grid / prefill_grid: 'auto', 'RxC' or (R, C), resolved by engine/grids.resolve_grids with the
+        engine's meaning of auto (placement.smallest_fit for max_tokens); prefill_grid None or 'none': the
+        prompt goes through the decode path token by token."""
+        check_dtype(dtype)
         if kv_policy not in kv.POLICIES:
             raise WaferError(f"unknown KV policy {kv_policy!r}; known: {', '.join(kv.POLICIES)}")
+        self.cfg, self.spec, self.dtype, self.tokenizer = cfg, spec, dtype, tokenizer
+        self.grids = resolve_grids(spec, grid=grid, prefill_grid=prefill_grid,
+                                   auto=smallest_fit(cfg, spec, dtype, max_tokens))
+        self.plan: DecodePlan = plan_decode(cfg, spec, self.grids.decode, dtype)
         self.policy = kv_policy
         self.prog = DecodeProgram(cfg=cfg, plan=self.plan, spec=spec, policy=kv_policy)
         self.pre = None
-        if prefill_grid is not None:  # None: the prompt goes through the decode path token by token
-            side = min(self.plan.rows, self.plan.cols)  # square: lcm(R, C) compute-shift steps explode otherwise
-            pr, pc = (side, side) if prefill_grid == "auto" else parse_grid(prefill_grid)
-            Mesh(spec, pr, pc)  # the prefill grid must exist on the device
+        if self.grids.prefill is not None:
+            pr, pc = self.grids.prefill
             self.pre = PrefillProgram(cfg=cfg, spec=spec, rows=pr, cols=pc, dtype=dtype)
-            self.pre_weights = prefill_weights(cfg, weights, DTYPES[dtype])
-            self._pre_layer = jax.jit(lambda w, x: self.pre.layer(self.pre.mesh(Ledger(clock_hz=1.0)), w, x))
+            scratch = Ledger(clock_hz=1.0)  # numeric runs charge a scratch ledger; costs come from ttft_ledger
+            self.pre_weights = place_weights(cfg, weights, self.pre.mesh(scratch), array_dtype(dtype))
+            self._pre_layer = jax.jit(lambda w, x: self.pre.layer(self.pre.mesh(scratch), w, x))
             self._head = jax.jit(lambda mw, x: _head_argmax(self.prog, mw, x))
         self.tok_emb = weights.tok_emb
         self.weights = mesh_weights(cfg, weights, self.plan)
@@ -103,7 +107,7 @@ class Engine:
         """Zeroed K and V caches, one [lanes, R, slots, C, cb] array per layer."""
         p = self.plan
         shape = (lanes, p.rows, slots or self.slots, p.cols, p.heads.cb)
-        z = [jnp.zeros(shape, DTYPES[self.dtype]) for _ in range(2 * self.cfg.n_layers)]
+        z = [jnp.zeros(shape, array_dtype(self.dtype)) for _ in range(2 * self.cfg.n_layers)]
         if self.devices is not None:
             z = [shard_cache(c, self.devices) for c in z]
         return tuple(z[: self.cfg.n_layers]), tuple(z[self.cfg.n_layers:])
@@ -129,7 +133,7 @@ class Engine:
             nxt, logits, (kc, vc), ttft = self.prefill(prompt_ids, slots)
             return nxt, logits, self._put(caches, jnp.int32(lane), (kc, vc)), ttft, len(prompt_ids)
         p = self.plan
-        zero = jnp.zeros((p.rows, slots, p.cols, p.heads.cb), DTYPES[self.dtype])
+        zero = jnp.zeros((p.rows, slots, p.cols, p.heads.cb), array_dtype(self.dtype))
         caches = self._put(caches, jnp.int32(lane), ((zero,) * self.cfg.n_layers,) * 2)
         lanes = caches[0][0].shape[0]
         tokens, ns, active = np.zeros(lanes, np.int32), np.zeros(lanes, np.int32), np.arange(lanes) == lane
@@ -178,16 +182,19 @@ class Engine:
         """
         slots = slots or self.slots
         T = len(prompt_ids)
-        bucket = 32 * math.ceil(T / 32)  # padded tail rows never reach real ones (causal): fewer compiles
-        x = jnp.asarray(np.pad(self.tok_emb[np.asarray(prompt_ids)], ((0, bucket - T), (0, 0))))
+        lay = self.pre.layout(T)
+        scratch = Ledger(clock_hz=1.0)
+        dm = self.prog.mesh(scratch)
+        x = handoff.embed_prompt(self.pre.mesh(scratch), self.prog, jnp.asarray(embed_tiles(lay, self.tok_emb, prompt_ids)))
         ks, vs = [], []
-        for w in self.pre_weights:
+        for w in self.pre_weights:  # one compiled layer program serves every layer
             x, k, v = self._pre_layer(w, x)
-            ks.append(np.asarray(k[:T]))
-            vs.append(np.asarray(v[:T]))
-        nxt, logits = self._head(self.weights, x[T - 1])
-        kc = tuple(jnp.asarray(handoff.prompt_cache(self.prog, k, slots), DTYPES[self.dtype]) for k in ks)
-        vc = tuple(jnp.asarray(handoff.prompt_cache(self.prog, v, slots), DTYPES[self.dtype]) for v in vs)
+            ks.append(k)
+            vs.append(v)
+        caches = handoff.kv_to_decode(dm, self.prog, lay, jnp.stack([jnp.stack(ks), jnp.stack(vs)]), slots)
+        nxt, logits = self._head(self.weights, handoff.hidden_to_decode(dm, self.prog, lay, x))
+        n = self.cfg.n_layers
+        kc, vc = tuple(caches[0, i] for i in range(n)), tuple(caches[1, i] for i in range(n))
         led = self.prefill_ledger(T)
         self.ledger.merge(led)
         return int(nxt[0]), logits[0], (kc, vc), led.time_s
@@ -202,13 +209,8 @@ def _put_lane(caches, lane, new):
     return tuple(tuple(c.at[lane].set(x.astype(c.dtype)) for c, x in zip(cs, xs)) for cs, xs in zip(caches, new))
 
 
-def _head_argmax(prog: DecodeProgram, mw, x):
+def _head_argmax(prog: DecodeProgram, mw, x_y):
+    """The first token from the last prompt position's hidden state x_y [1, R, kb]."""
     lm = prog.lm_mesh(Ledger(clock_hz=1.0))
-    logits = prog.head(lm, mw, _to_rows(prog, x))
+    logits = prog.head(lm, mw, x_y)
     return prog.argmax(lm, logits), logits
-
-
-def _to_rows(prog: DecodeProgram, x):
-    """x[D] -> x_y [1, R, kb] (zero padded)."""
-    p = prog.plan
-    return jnp.pad(x, (0, p.rows * p.kb - x.shape[0])).reshape(1, p.rows, p.kb)

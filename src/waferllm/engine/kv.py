@@ -13,18 +13,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from waferllm.machine import noc
+from waferllm.machine import noc, ops
 from waferllm.machine.mesh import Mesh
 
 
-def shift_insert(cache, new, n):
-    """Insert `new` [C, cb] into cache [R, T, C, cb] holding n tokens (n traced or static)."""
+def shift_insert(cache, new, n, incoming=None):
+    """Insert `new` [C, cb] into cache [R, T, C, cb] holding n tokens (n traced or static).
+
+    incoming [R, C, cb]: what each row receives in the adjacent-row pass (row y + 1's oldest slot, the new
+    token at the bottom row); computed here when not given (noc.line_shift makes it on the mesh).
+    """
     R, T = cache.shape[:2]
     q, rem = n // R, n % R
     rows, slot = jnp.arange(R), jnp.arange(T)
     new = new.astype(cache.dtype)
-    incoming = jnp.concatenate([cache[1:, 0], new[None]], axis=0)  # [R, C, cb]: what each row receives
+    if incoming is None:
+        incoming = jnp.concatenate([cache[1:, 0], new[None]], axis=0)
     to_rem = jnp.where(q == 0, new, incoming[rem])  # through empty rows the new token goes straight up
+    # the slot moves below are in-core pointer moves: the data that crosses cores is `incoming`
     shifted = jnp.concatenate([cache[:, 1:], jnp.zeros_like(cache[:, :1])], axis=1)
     below = (rows > rem) & (q > 0)  # rows that pass their oldest token up and take one from below
     out = jnp.where(below[:, None, None, None], shifted, cache)
@@ -101,12 +107,22 @@ def step_load(policy: str, ns, ps, rows: int) -> tuple[int, int]:
     return int(np.max(tot)), int(moving)
 
 
-def charge_insert(mesh: Mesh, moving: int, cb: int, elem_bytes: int) -> None:
-    """Shift: one parallel adjacent-row step carrying the K and V slices of every sequence whose rows
-    rebalance. Concat: the token is already on the tail row (moving = 0)."""
-    if moving:
-        nbytes = moving * 2 * cb * elem_bytes  # K and V slices travel on the same link
-        mesh.charge_comm(noc.transfer_cycles(mesh, nbytes, 1), hops=1)
+def insert_kv(mesh: Mesh, policy: str, kc, vc, k, v, n, p, *, moving: int):
+    """Each sequence's new K and V [B, C, cb] into caches kc, vc [B, R, T, C, cb] (n, p [B]).
+
+    Shift: one parallel adjacent-row pass (noc.line_shift along Y) carries every row's oldest K and V slot
+    to the row above, charged for the `moving` sequences whose rows rebalance; the new token's K/V is
+    already on every row (the QKV allreduce replicates it), so entering costs nothing. Concat: the token
+    is already on the tail row: no transfer.
+    """
+    if policy != "shift":
+        put = lambda c, x, n, p: insert_batch(policy, c, x, n, p)  # noqa: E731
+        return ops.free(put, kc, k, n, p), ops.free(put, vc, v, n, p)
+    oldest = ops.free(lambda kc, vc: jnp.stack([kc[:, :, 0], vc[:, :, 0]]), kc, vc)  # [2, B, R, C, cb]
+    new = ops.free(lambda k, v: jnp.stack([k, v]), k, v)  # [2, B, C, cb]
+    got = noc.line_shift(mesh, oldest, "pbYXd", new, live={"b": moving})  # K and V share the message
+    put = jax.vmap(shift_insert)
+    return ops.free(lambda kc, vc, k, v, n, g: (put(kc, k, n, g[0]), put(vc, v, n, g[1])), kc, vc, k, v, n, got)
 
 
 def insert_batch(policy: str, caches, new, n, p):

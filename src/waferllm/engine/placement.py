@@ -11,11 +11,11 @@ import math
 from dataclasses import dataclass, field
 
 from waferllm import WaferError
+from waferllm.engine.grids import AutoGrids, Grid, GridArg, check_grid
 from waferllm.engine.heads import HeadLayout, head_layout
-from waferllm.machine.mesh import parse_grid
 from waferllm.model.config import ModelConfig
 from waferllm.spec import DeviceSpec
-from waferllm.spec.device import dtype_bytes
+from waferllm.spec.dtypes import dtype_bytes
 
 ACC_BYTES = 4  # activations and partial sums are fp32 on the core
 
@@ -85,13 +85,11 @@ def buffer_bytes(rows: int, kb: int, qkv: int, fb: int, heads: HeadLayout, token
     return ACC_BYTES * (vec + scores)
 
 
-def plan_decode(cfg: ModelConfig, spec: DeviceSpec, grid: str | tuple[int, int], dtype: str,
+def plan_decode(cfg: ModelConfig, spec: DeviceSpec, grid: GridArg, dtype: str,
                 *, min_tokens: int = 1) -> DecodePlan:
-    """Place every layer on R x C regions; raise PlanError with the numbers when it cannot fit."""
-    rows, cols = parse_grid(grid) if isinstance(grid, str) else grid
-    if rows > spec.height_cores or cols > spec.width_cores:
-        raise PlanError(f"grid {rows}x{cols} does not fit device {spec.name} "
-                        f"({spec.height_cores}x{spec.width_cores} cores)")
+    """Place every layer on R x C regions (an explicit grid: engine/grids.resolve_grids resolves `auto`);
+    GridError if the grid is not on the device, PlanError with the numbers when the model cannot fit."""
+    rows, cols = check_grid(spec, grid)
     eb, sram = dtype_bytes(dtype), spec.sram_bytes_per_core
     heads = head_layout(cols, cfg.head_dim, cfg.n_kv_heads, cfg.group_size)
     kb, fb = math.ceil(cfg.dim / rows), math.ceil(cfg.ffn_dim / cols)
@@ -137,7 +135,7 @@ def _lm_head(cfg: ModelConfig, spec: DeviceSpec, rows: int, cols: int, eb: int, 
     raise PlanError(f"the LM head of {cfg.name} does not fit {rows}x{cols} regions on {spec.name}")
 
 
-def auto_grid(cfg: ModelConfig, spec: DeviceSpec, dtype: str, min_tokens: int = 1) -> tuple[int, int]:
+def auto_grid(cfg: ModelConfig, spec: DeviceSpec, dtype: str, min_tokens: int = 1) -> Grid:
     """The smallest square grid on which one layer fits with room for min_tokens of KV cache."""
     for side in range(2, min(spec.height_cores, spec.width_cores) + 1):
         try:
@@ -146,3 +144,10 @@ def auto_grid(cfg: ModelConfig, spec: DeviceSpec, dtype: str, min_tokens: int = 
         except PlanError:
             continue
     raise PlanError(f"{cfg.name} does not fit {spec.name} at any square grid")
+
+
+def smallest_fit(cfg: ModelConfig, spec: DeviceSpec, dtype: str, tokens: int) -> AutoGrids:
+    """The engine's `auto`: decode = the smallest square grid holding a layer and the KV cache for `tokens`
+    (auto_grid); prefill = the square of the decode grid's shorter side."""
+    return AutoGrids(name="smallest fit", decode=lambda: auto_grid(cfg, spec, dtype, tokens),
+                     prefill=lambda rc: (min(rc),) * 2)

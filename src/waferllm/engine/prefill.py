@@ -1,13 +1,12 @@
-"""Prefill on the mesh (waferllm.md s2, s3, s6): activations [L_y, E_x]; every projection a MeshGEMM,
-scores a dist-GEMM-T (K never transposed), S.V a MeshGEMM with V skewed on the device.
+"""Prefill on the mesh (waferllm.md s2, s3, s6), on per-core tiles from the embedding to the hand-off.
 
-GQA: the n_rep query heads of a KV group are stacked along the sequence axis ([n_rep*L, hd]) so one
-batched dist-GEMM-T per KV head serves all of them; heads are the batch axis of the kernels (they share
-every compute-shift step). The causal mask is applied to the computed scores (no block skipping, as in
-the authors' artifact). Prompts that do not divide the grid are padded by the kernels.
-
-Between kernels the numbers pass through global arrays (the same per-core tiles, re-cut on the host for
-convenience); regrouping heads is a real data movement on the mesh and is charged as one.
+Activations x [L_y, E_x] are tiles [R, C, mb, w] (engine/prefill_tiles.py); every projection is a
+MeshGEMM, scores a dist-GEMM-T (K never transposed), S.V a MeshGEMM with V skewed on the device. The
+fused QKV MeshGEMM writes every head's dims on every column, so attention runs per KV group on each core
+with the group's n_rep query heads as a batch that shares each K/V block (GQA without moving a tile).
+The causal mask is applied to the computed scores (no block skipping, as in the authors' artifact).
+Every number comes from a charged op of machine/ (ops, noc, kernels): the shape-only run that costs a
+prefill is the same function on jax.ShapeDtypeStruct stand-ins.
 """
 
 from __future__ import annotations
@@ -19,23 +18,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from waferllm.kernels.gemm import gemm, gemm_t
-from waferllm.machine import Ledger, Mesh, local, noc
-from waferllm.machine.mesh import is_abstract
+from waferllm.engine.prefill_tiles import PrefillLayout, weight_shapes
+from waferllm.kernels.gemm import cannon_tiles, gemm_t_tiles
+from waferllm.machine import Ledger, Mesh, noc, ops
+from waferllm.machine.rings import ring_pos
 from waferllm.model.config import ModelConfig
-from waferllm.model.rope import inv_freq
-from waferllm.model.weights import ModelWeights
-from waferllm.spec import DeviceSpec
+from waferllm.spec import DeviceSpec, array_dtype
 
 F32 = jnp.float32
 S = jax.ShapeDtypeStruct
-
-
-def _num(fn, shape, dtype, *args):
-    """fn(*args) with numbers, or a shape-only result when any input is shape-only."""
-    if any(is_abstract(a) for a in args):
-        return S(tuple(shape), np.dtype(dtype))
-    return fn(*args)
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -52,6 +43,14 @@ class PrefillProgram:
     def mesh(self, ledger: Ledger, limits: bool = False) -> Mesh:
         return Mesh(self.spec, self.rows, self.cols, ledger=ledger, limits=limits, strategy=self.strategy)
 
+    def layout(self, n_tokens: int) -> PrefillLayout:
+        return PrefillLayout(cfg=self.cfg, rows=self.rows, cols=self.cols, tokens=n_tokens)
+
+    @property
+    def wdt(self):
+        return array_dtype(self.dtype)
+
+    # --- memory ----------------------------------------------------------------------
     def resident_bytes(self, wafers: int = 1) -> int:
         """Weight bytes per core when every layer stays resident: the layers spread over all prefill
         regions of `wafers` wafers (prefill activations then hop region to region)."""
@@ -62,9 +61,7 @@ class PrefillProgram:
 
     def working_bytes(self, n_tokens: int) -> int:
         """The busiest kernel's working tiles per core for an n_tokens prompt (shape-only run of a layer)."""
-        from waferllm.engine.handoff import prefill_layer_ledger
-
-        return prefill_layer_ledger(self, n_tokens).peak_core_bytes
+        return layer_ledger(self, n_tokens).peak_core_bytes
 
     def peak_core_bytes(self, n_tokens: int, wafers: int = 1) -> int:
         """Resident weights plus the busiest kernel's working tiles for an n_tokens prompt."""
@@ -81,158 +78,127 @@ class PrefillProgram:
                 return None  # one layer per region already: more wafers cannot help
         return None
 
-    @property
-    def wdt(self):
-        return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[self.dtype]
-
-    # --- per-core elementwise and row work -------------------------------------
-    def _tile(self, rows: int, cols: int) -> tuple[int, int]:
-        return math.ceil(rows / self.rows), math.ceil(cols / self.cols)
-
-    def _row_reduce(self, mesh: Mesh, rows: int, batch: int = 1, op: str = "sum") -> None:
-        """Charge an allreduce along X of one value per local row (per batch entry)."""
-        mb = math.ceil(rows / self.rows)
-        noc.allreduce(mesh, S((self.rows, self.cols, batch * mb), np.float32), "x", op=op)
-
+    # --- row work ----------------------------------------------------------------------------
     def rmsnorm(self, mesh: Mesh, x, w):
-        """Row RMSNorm of x[L_y, E_x]: local squares, a row allreduce along X, scale."""
-        T, D = x.shape
-        mb, nb = self._tile(T, D)
-        local.charge_elementwise(mesh, mb * nb)
-        self._row_reduce(mesh, T)
-        local.charge_elementwise(mesh, mb, special=1)
-        local.charge_elementwise(mesh, mb * nb, ops=2)
-        eps = self.cfg.norm_eps
-        return _num(lambda x, w: x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + eps) * w, x.shape, F32, x, w)
+        """Row RMSNorm of x [R, C, mb, w_d]: local sums of squares, a row allreduce along X, scale."""
+        ss = ops.reduce(mesh, "YXmd", x, "d", pre=jnp.square)  # [R, C, mb]
+        ss = noc.allreduce(mesh, ss, "x")
+        dim, eps = self.cfg.dim, self.cfg.norm_eps
+        inv = ops.map(mesh, "YXm", lambda s: jax.lax.rsqrt(s / dim + eps), ss, special=1)
+        return ops.map(mesh, "YXmd", lambda x, i, w: x * i[..., None] * w[None, :, None, :], x, inv, w, ops=2)
 
-    def rope(self, mesh: Mesh, t, n_heads: int):
-        """Rotate t[L, H*hd] (rotation partners sit on the same core, see docs/decode-layout.md)."""
-        T, W = t.shape
-        mb, nb = self._tile(T, W)
-        local.charge_elementwise(mesh, mb * nb, ops=4)
-        ang = np.arange(T, dtype=np.float32)[:, None] * inv_freq(self.cfg).astype(np.float32)[None, :]
-        cos, sin = np.cos(ang), np.sin(ang)
+    def rope(self, mesh: Mesh, lay: PrefillLayout, t):
+        """Rotate the q and k slots of the fused QKV output t [R, C, mb, w] in place: RoPE partners are
+        adjacent slots of one core (the angle tables are resident per core)."""
+        tok = jnp.asarray(lay.token_of_row(), F32)  # [R, mb] positions of the core's rows
+        freq, rot = (jnp.asarray(a) for a in lay.rope_tables())  # [C, w/2]
 
         def f(t):
-            t = t.reshape(T, n_heads, -1)
-            h = t.shape[-1] // 2
-            t1, t2 = t[..., :h], t[..., h:]
-            c, s = cos[:, None, :], sin[:, None, :]
-            return jnp.concatenate([t1 * c - t2 * s, t2 * c + t1 * s], -1).reshape(T, W)
+            ang = tok[:, None, :, None] * freq[None, :, None, :]  # [R, C, mb, w/2]
+            r = rot[None, :, None, :]
+            c, s = jnp.where(r, jnp.cos(ang), 1.0), jnp.where(r, jnp.sin(ang), 0.0)
+            x0, x1 = t[..., 0::2], t[..., 1::2]
+            return jnp.stack([x0 * c - x1 * s, x1 * c + x0 * s], axis=-1).reshape(t.shape)
 
-        return _num(f, t.shape, F32, t)
+        return ops.map(mesh, "YXmn", f, t, ops=4)
 
-    def regroup(self, mesh: Mesh, t) -> None:
-        """Charge moving a [L_y, E_x] tile set between the token-major and head-group layouts."""
-        mb, nb = self._tile(*t.shape[-2:])
-        hops = max(self.rows, self.cols)
-        with mesh.phase("regroup_heads"):
-            mesh.charge_comm(noc.transfer_cycles(mesh, mb * nb * 4, hops), hops=hops)
+    # --- kernels -----------------------------------------------------------------------------
+    def proj(self, mesh: Mesh, lay: PrefillLayout, x, w, name: str):
+        """x [R, C, mb, w_in] @ placed W -> [R, C, mb, w_out] (fp32): one MeshGEMM whose K blocks are the
+        tile's sA slices (a view of the tile, no data moves)."""
+        sA = lay.sA
+        a = ops.free(lambda x: x.astype(self.wdt).reshape(x.shape[:3] + (sA, -1)).transpose(0, 1, 3, 2, 4), x)
+        with mesh.phase(name), mesh.phase("meshgemm"):
+            c = cannon_tiles(mesh, a, w, algo="meshgemm")
+        return ops.free(lambda c: c.astype(F32), c)
 
-    # --- attention -----------------------------------------------------------------
-    def attention(self, mesh: Mesh, q, k, v):
-        """Causal GQA attention: q[L, Hq*hd], k, v[L, Hkv*hd] -> o[L, Hq*hd]."""
-        cfg = self.cfg
-        T, hd, g, rep = q.shape[0], cfg.head_dim, cfg.n_kv_heads, cfg.group_size
-        for t in (q, k, v):
-            self.regroup(mesh, t)
-        qg = _num(lambda q: q.reshape(T, g, rep, hd).transpose(1, 2, 0, 3).reshape(g, rep * T, hd),
-                  (g, rep * T, hd), F32, q)
-        kg = _num(lambda k: k.reshape(T, g, hd).transpose(1, 0, 2), (g, T, hd), F32, k)
-        vg = _num(lambda v: v.reshape(T, g, hd).transpose(1, 0, 2), (g, T, hd), F32, v)
-        with mesh.phase("scores"):
-            s = gemm_t(mesh, self._cast(qg), self._cast(kg))  # [g, rep*T, T]
+    def attention(self, mesh: Mesh, lay: PrefillLayout, q, k, v):
+        """Causal GQA: q [R, C, mb, g, rep, hdb], k, v [R, C, mb, g, hdb] -> o [R, C, mb, g*rep*hdb]."""
+        sB, kb = lay.sB, lay.mb // lay.sB
+        wdt = self.wdt
+        qa = ops.free(lambda q: q.astype(wdt).transpose(0, 1, 3, 4, 2, 5), q)  # [R, C, g, rep, mb, hdb]
+        stack = lambda t: t.astype(wdt).reshape(t.shape[:2] + (sB, kb) + t.shape[3:]).transpose(0, 1, 2, 4, 3, 5)  # noqa: E731
+        with mesh.phase("scores"), mesh.phase("gemm_t"):
+            s = gemm_t_tiles(mesh, qa, ops.free(stack, k))  # [R, C, sC, g, rep, mb, kb]
         with mesh.phase("softmax"):
-            mb, nb = self._tile(rep * T, T)
-            local.charge_elementwise(mesh, g * mb * nb, ops=3)  # scale, mask, local max
-            self._row_reduce(mesh, rep * T, g, "max")
-            local.charge_elementwise(mesh, g * mb * nb, special=1, ops=2)  # exp, local sum
-            self._row_reduce(mesh, rep * T, g)
-            local.charge_elementwise(mesh, g * mb * nb)
-            p = _num(lambda s: _causal_softmax(s, T, hd), s.shape, F32, s)
-        with mesh.phase("pv"):
-            o = gemm(mesh, self._cast(p), self._cast(vg), b_on_device=True)  # [g, rep*T, hd]
-        self.regroup(mesh, q)
-        return _num(lambda o: o.astype(F32).reshape(g, rep, T, hd).transpose(2, 0, 1, 3).reshape(T, -1),
-                    q.shape, F32, o)
+            p = self.softmax(mesh, lay, s)
+        with mesh.phase("pv"), mesh.phase("meshgemm"):
+            o = cannon_tiles(mesh, ops.free(lambda p: p.astype(wdt), p), ops.free(stack, v), b_skewed=False)
+        return ops.free(lambda o: o.astype(F32).transpose(0, 1, 4, 2, 3, 5).reshape(o.shape[:2] + (o.shape[4], -1)), o)
 
-    def _cast(self, x):
-        return S(x.shape, np.dtype(self.wdt)) if is_abstract(x) else x.astype(self.wdt)
+    def softmax(self, mesh: Mesh, lay: PrefillLayout, s):
+        """Scale, causal mask (key <= query), softmax along keys: rows reduce along X (max, then sum)."""
+        R, C, sC = self.rows, self.cols, lay.sA
+        kb = lay.mb // lay.sB
+        qtok = jnp.asarray(lay.token_of_row())[:, None, None, None, None, :, None]  # [R, 1, 1, 1, 1, mb, 1]
+        ktok = (ring_pos(C)[:, None, None] * sC + np.arange(sC)[None, :, None]) * kb + np.arange(kb)[None, None, :]
+        ktok = jnp.asarray(ktok)[None, :, :, None, None, None, :]  # [1, C, sC, 1, 1, 1, kb]
+        scale = self.cfg.head_dim ** -0.5
+        lay7 = "YXsgrmk"
+        z = ops.map(mesh, lay7, lambda s: jnp.where(ktok <= qtok, s.astype(F32) * scale, -jnp.inf), s, ops=2)
+        m = noc.allreduce(mesh, ops.reduce(mesh, lay7, z, "sk", "max"), "x", op="max")  # [R, C, g, rep, mb]
+        e = ops.map(mesh, lay7, lambda z, m: jnp.exp(z - m[:, :, None, ..., None]), z, m, special=1)
+        tot = noc.allreduce(mesh, ops.reduce(mesh, lay7, e, "sk"), "x")
+        return ops.map(mesh, lay7, lambda e, t: e / t[:, :, None, ..., None], e, tot)
 
-    def _proj(self, mesh: Mesh, x, w, name: str):
-        with mesh.phase(name):
-            y = gemm(mesh, self._cast(x), w)
-        return _num(lambda y: y.astype(F32), y.shape, F32, y)
-
-    # --- one layer -------------------------------------------------------------------
+    # --- one layer -------------------------------------------------------------------------------
     def layer(self, mesh: Mesh, w: dict, x):
-        """x[L, D] through one decoder layer; returns (x, k, v) with k, v[L, Hkv*hd] after RoPE."""
+        """x [R, C, mb, w_d] through one decoder layer -> (x, k, v): k, v [R, C, mb, Hkv*hdb] (head layout, after RoPE)."""
         cfg = self.cfg
-        qd, kvd, F = cfg.q_dim, cfg.kv_dim, cfg.ffn_dim
+        lay = self.layout_of(x)
+        g, rep, hdb = cfg.n_kv_heads, cfg.group_size, lay.hdb
+        nq, nk = cfg.n_heads * hdb, g * hdb
         with mesh.phase("attn_norm"):
             xn = self.rmsnorm(mesh, x, w["attn_norm"])
-        qkv = self._proj(mesh, xn, w["wqkv"], "qkv")  # one MeshGEMM: the aligned input serves Q, K and V
+        qkv = self.proj(mesh, lay, xn, w["wqkv"], "qkv")  # the aligned input serves Q, K and V at once
         if "bqkv" in w:
-            local.charge_elementwise(mesh, math.prod(self._tile(*qkv.shape)))
-            qkv = _num(lambda a, b: a + b, qkv.shape, F32, qkv, w["bqkv"])
-        T = x.shape[0]
-        q = _num(lambda a: a[:, :qd], (T, qd), F32, qkv)
-        k = _num(lambda a: a[:, qd:qd + kvd], (T, kvd), F32, qkv)
-        v = _num(lambda a: a[:, qd + kvd:], (T, kvd), F32, qkv)
+            with mesh.phase("qkv"):
+                qkv = ops.map(mesh, "YXmn", lambda a, b: a + b[None, :, None, :], qkv, w["bqkv"])
         with mesh.phase("rope"):
-            q, k = self.rope(mesh, q, cfg.n_heads), self.rope(mesh, k, cfg.n_kv_heads)
+            qkv = self.rope(mesh, lay, qkv)
+        with mesh.phase("regroup_heads"):
+            qkv = noc.relayout_cols(mesh, qkv, *lay.moves(lay.qkv_map, lay.heads_map))
+        sh = qkv.shape[:3]
+        q = ops.free(lambda a: a[..., :nq].reshape(sh + (g, rep, hdb)), qkv)
+        k = ops.free(lambda a: a[..., nq:nq + nk].reshape(sh + (g, hdb)), qkv)
+        v = ops.free(lambda a: a[..., nq + nk:nq + 2 * nk].reshape(sh + (g, hdb)), qkv)
         with mesh.phase("attention"):
-            o = self.attention(mesh, q, k, v)
-        x = _num(lambda a, b: a + b, x.shape, F32, x, self._proj(mesh, o, w["wo"], "o_proj"))
+            o = self.attention(mesh, lay, q, k, v)
+        with mesh.phase("regroup_heads"):
+            o = noc.relayout_cols(mesh, o, *lay.moves(lay.q_map, lay.o_map))
+        x = self.residual(mesh, x, self.proj(mesh, lay, o, w["wo"], "o_proj"), "o_proj")
         with mesh.phase("ffn_norm"):
             xn = self.rmsnorm(mesh, x, w["ffn_norm"])
-        gu = self._proj(mesh, xn, w["wgu"], "gate_up")
+        gu = self.proj(mesh, lay, xn, w["wgu"], "gate_up")
+        fb = gu.shape[3] // 2
         with mesh.phase("silu_mul"):
-            local.charge_elementwise(mesh, math.prod(self._tile(T, F)), special=1, ops=2)
-            a = _num(lambda gu: jax.nn.silu(gu[:, :F]) * gu[:, F:], (T, F), F32, gu)
-        x = _num(lambda a, b: a + b, x.shape, F32, x, self._proj(mesh, a, w["wdown"], "down"))
-        return x, k, v
+            a = ops.map(mesh, "YXmf", lambda gu: jax.nn.silu(gu[..., :fb]) * gu[..., fb:], gu, special=1, ops=2)
+        x = self.residual(mesh, x, self.proj(mesh, lay, a, w["wdown"], "down"), "down")
+        flat = lambda t: t.reshape(t.shape[:3] + (-1,))  # noqa: E731
+        return x, ops.free(flat, k), ops.free(flat, v)
 
-    def run(self, mesh: Mesh, layers: list[dict], x):
-        """Every layer; returns (last position's hidden [D], [k per layer], [v per layer])."""
-        ks, vs = [], []
-        for i, w in enumerate(layers):
-            with mesh.phase("prefill/layer"):
-                x, k, v = self.layer(mesh, w, x)
-            ks.append(k)
-            vs.append(v)
-        last = S((x.shape[1],), np.float32) if is_abstract(x) else x[-1]
-        return last, ks, vs
+    def residual(self, mesh: Mesh, x, y, name: str):
+        with mesh.phase(name):
+            return ops.map(mesh, "YXmd", jnp.add, x, y)
+
+    def layout_of(self, x) -> PrefillLayout:
+        """The layout of activation tiles x [R, C, mb, w_d] (the real token count does not change it)."""
+        return self.layout(x.shape[2] * self.rows)
 
 
-def _causal_softmax(s, T: int, hd: int):
-    """Scale, mask key j > token (row r is token r mod T of its query head), softmax along keys."""
-    rows = jnp.arange(s.shape[1]) % T
-    mask = jnp.arange(T)[None, :] <= rows[:, None]
-    z = jnp.where(mask[None], s.astype(F32) * (hd ** -0.5), -jnp.inf)
-    return jax.nn.softmax(z, axis=-1)
+def layer_ledger(pre: PrefillProgram, n_tokens: int) -> Ledger:
+    """One prefill layer over n_tokens, shape-only (every layer has the same shapes); cached, since the
+    TTFT, the artifact-style rate and the memory check all need it. Callers must not mutate it."""
+    key = (pre, PrefillLayout(cfg=pre.cfg, rows=pre.rows, cols=pre.cols, tokens=n_tokens).padded_tokens)
+    if key not in _LAYERS:
+        led = Ledger(clock_hz=pre.spec.clock_hz)
+        lay = pre.layout(n_tokens)
+        x = S((pre.rows, pre.cols, lay.mb, lay.dim_map.shape[1]), np.float32)
+        mesh = pre.mesh(led)
+        with mesh.phase("prefill/layer"):
+            pre.layer(mesh, weight_shapes(lay, pre.wdt), x)
+        _LAYERS[key] = led
+    return _LAYERS[key]
 
 
-def prefill_weights(cfg: ModelConfig, weights: ModelWeights, dtype) -> list[dict]:
-    """Per-layer global matrices for the prefill GEMMs (QKV and gate/up fused), in the storage dtype."""
-    out = []
-    for lw in weights.layers:
-        d = {"attn_norm": jnp.asarray(lw.attn_norm), "ffn_norm": jnp.asarray(lw.ffn_norm),
-             "wqkv": jnp.asarray(np.concatenate([lw.wq, lw.wk, lw.wv], 1), dtype),
-             "wo": jnp.asarray(lw.wo, dtype), "wgu": jnp.asarray(np.concatenate([lw.w_gate, lw.w_up], 1), dtype),
-             "wdown": jnp.asarray(lw.w_down, dtype)}
-        if cfg.qkv_bias:
-            d["bqkv"] = jnp.asarray(np.concatenate([lw.bq, lw.bk, lw.bv]))
-        out.append(d)
-    return out
-
-
-def weight_shapes(cfg: ModelConfig, dtype) -> list[dict]:
-    """Shape-only stand-ins of prefill_weights (for predictions without weights)."""
-    D, F, qkv = cfg.dim, cfg.ffn_dim, cfg.q_dim + 2 * cfg.kv_dim
-    dt = np.dtype(dtype)
-    d = {"attn_norm": S((D,), np.float32), "ffn_norm": S((D,), np.float32), "wqkv": S((D, qkv), dt),
-         "wo": S((cfg.q_dim, D), dt), "wgu": S((D, 2 * F), dt), "wdown": S((F, D), dt)}
-    if cfg.qkv_bias:
-        d["bqkv"] = S((qkv,), np.float32)
-    return [d] * cfg.n_layers
+_LAYERS: dict[tuple, Ledger] = {}  # keyed by the program itself: keeps it alive, so its id is never reused

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import jax.numpy as jnp
 import numpy as np
 
 from waferllm import WaferError
@@ -43,6 +44,20 @@ class SamplingParams:
 def on_mesh(params: SamplingParams) -> bool:
     """Pure temperature sampling runs distributed (Gumbel-max); top-k / top-p gather the logits to one core."""
     return params.top_k == 0 and params.top_p >= 1.0
+
+
+def gumbel_scores(logits, u, temperature: float):
+    """What each core computes for Gumbel-max over its own logits (then the distributed argmax): scale,
+    perturb with -log(-log u) for uniform draws u. Layout-free; the costing runs it on logits_x [C, vb]."""
+    return logits / temperature - jnp.log(-jnp.log(u))
+
+
+def nucleus_probs(logits, temperature: float):
+    """The gathering core's pass for top-k / top-p: temperature softmax over every logit (the ordering it
+    then needs touches the same elements)."""
+    z = logits / temperature
+    e = jnp.exp(z - jnp.max(z))
+    return e / jnp.sum(e)
 
 
 def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:

@@ -17,8 +17,9 @@ import numpy as np
 from waferllm.engine.placement import DecodePlan
 from waferllm.model.config import ModelConfig
 from waferllm.model.weights import LayerWeights, ModelWeights
+from waferllm.spec.dtypes import ARRAY_DTYPES, array_dtype
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPES = ARRAY_DTYPES  # an alias of spec.dtypes.ARRAY_DTYPES for older imports; new code: spec.dtypes.array_dtype
 
 
 @jax.tree_util.register_dataclass
@@ -94,7 +95,7 @@ def vocab_tiles(mat_dv: np.ndarray, plan: DecodePlan) -> np.ndarray:
 
 def mesh_weights(cfg: ModelConfig, weights: ModelWeights, plan: DecodePlan) -> MeshWeights:
     """Place a model's weights (canonical float32) onto the decode layout in the plan's dtype."""
-    dt = DTYPES[plan.dtype]
+    dt = array_dtype(plan.dtype)
     f32 = ("attn_norm", "ffn_norm", "bqkv")  # norms and biases stay fp32, like the activations
     layers = tuple({k: jnp.asarray(v, jnp.float32 if k in f32 else dt) for k, v in layer_tiles(cfg, plan, lw).items()}
                    for lw in weights.layers)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from waferllm.machine import local, noc
+from waferllm.machine import noc, ops
 from waferllm.machine.mesh import Mesh
 
 F32 = jnp.float32
@@ -19,36 +19,26 @@ F32 = jnp.float32
 
 def decode_attention(mesh: Mesh, q_x, k, v, valid, head_mask, *, scale: float, segment: int, tokens_per_row: int):
     """softmax(q K^T * scale) V per sequence and head; tokens_per_row = the busiest core's cached tokens
-    summed over the batch (it sizes the charged work)."""
-    B, R, T, C, cb = k.shape
-    n_rep = q_x.shape[-1]
-    slots = head_mask.shape[-1]
-    t = tokens_per_row
-    dt = jnp.dtype(k.dtype).name
-    with mesh.phase("scores"):
-        mesh.charge_compute(local.matmul_cycles(mesh, t, cb, n_rep, dt), macs=t * cb * n_rep)
-        qm = q_x.astype(F32)[:, :, :, None, :] * head_mask[None, :, :, :, None]  # [B, C, cb, S, r] by head slot
-        part = jnp.einsum("bcdsr,bytcd->ycbtsr", qm, k.astype(F32))
-        s = _reduce(mesh, part, "x", "sum", segment, t * slots * n_rep)  # [R, C, B, T, S, r]
+    summed over the batch (it sizes the charged work: the sequence axis b is folded into t)."""
+    seg = segment if segment and segment < mesh.size("x") else None
+    # head_mask [C, cb, S] is one-hot: each dim slot belongs to one of the core's S head slots, so the head
+    # slot axis s selects rather than multiplies (charged at 1); padded KV slots are not work (t is live)
+    work = {"b": 1, "t": tokens_per_row, "s": 1}
+    rows = {"b": 1, "t": tokens_per_row}  # softmax touches every head slot's scores
+    with mesh.phase("scores"):  # scores [R, C, B, S, r, T]: the slot axis last, where softmax reduces
+        qm = ops.free(lambda q, m: q.astype(F32)[:, :, :, None, :] * m[None, :, :, :, None], q_x, head_mask)
+        part = ops.einsum(mesh, "bXdsr,bYtXd->YXbsrt", qm, k, live=work, compute_dtype=F32)
+        s = noc.allreduce(mesh, part, "x", segment=seg, elems=ops.elems("YXbsrt", part, rows))
     with mesh.phase("softmax"):
-        live = jnp.transpose(valid, (1, 0, 2))[:, None, :, :, None, None]  # [R, 1, B, T, 1, 1]
-        s = jnp.where(live, s * scale, -jnp.inf)
-        local.charge_elementwise(mesh, t * slots * n_rep, ops=2)  # scale, local max
-        m = _reduce(mesh, jnp.max(s, axis=3), "y", "max", None, B * slots * n_rep)  # [R, C, B, S, r]
-        e = jnp.where(live, jnp.exp(s - m[:, :, :, None]), 0.0)
-        local.charge_elementwise(mesh, t * slots * n_rep, special=1, ops=2)  # exp, local sum
-        z = _reduce(mesh, jnp.sum(e, axis=3), "y", "sum", None, B * slots * n_rep)
-        local.charge_elementwise(mesh, t * slots * n_rep, special=1)  # one reciprocal-multiply each
-        p = e / z[:, :, :, None]
+        live = ops.free(lambda v: jnp.transpose(v, (1, 0, 2))[:, None, :, None, None, :], valid)  # [R, 1, B, 1, 1, T]
+        s = ops.map(mesh, "YXbsrt", lambda s, ok: jnp.where(ok, s * scale, -jnp.inf), s, live, live=rows)
+        m = noc.allreduce(mesh, ops.reduce(mesh, "YXbsrt", s, "t", "max", live=rows), "y", op="max")  # [R, C, B, S, r]
+        e = ops.map(mesh, "YXbsrt", lambda s, m, ok: jnp.where(ok, jnp.exp(s - m[..., None]), 0.0), s, m, live,
+                    special=1, live=rows)
+        z = noc.allreduce(mesh, ops.reduce(mesh, "YXbsrt", e, "t", live=rows), "y")
+        p = ops.map(mesh, "YXbsrt", lambda e, z: e / z[..., None], e, z, special=1, live=rows)  # reciprocal-multiply
     with mesh.phase("pv"):
-        mesh.charge_compute(local.matmul_cycles(mesh, cb, t, n_rep, dt), macs=t * cb * n_rep)
-        pd = jnp.einsum("cds,ycbtsr->ycbtdr", head_mask, p)  # each dim slot takes its head's weights
-        o = jnp.einsum("ycbtdr,bytcd->ycbdr", pd, v.astype(F32))
-        o = _reduce(mesh, o, "y", "sum", None, B * cb * n_rep)
-    return jnp.transpose(o[0], (1, 0, 2, 3))  # [B, C, cb, n_rep], replicated along Y
-
-
-def _reduce(mesh: Mesh, x, axis: str, op: str, segment: int | None, elems: int):
-    """K-tree allreduce of per-core tiles x [R, C, ...] (charged for `elems` live elements per core)."""
-    return noc.allreduce(mesh, x, axis, "ktree", segment=segment if segment and segment < mesh.size(axis) else None,
-                         op=op, elems=elems)
+        o = ops.einsum(mesh, "YXbsrt,bYtXd->YXbsrd", p, v, live=work, compute_dtype=F32)
+        o = ops.free(lambda o, m: jnp.einsum("ycbsrd,cds->ycbrd", o, m), o, head_mask)  # each dim's own head
+        o = noc.allreduce(mesh, o, "y")  # [R, C, B, r, cb]
+    return ops.free(lambda o: jnp.transpose(o[0], (1, 0, 3, 2)), o)  # [B, C, cb, n_rep], replicated along Y

@@ -58,24 +58,16 @@ def _batched(place, mesh: Mesh, a, b, *args):
     return jnp.stack([p[0] for p in parts], axis=3), jnp.stack([p[1] for p in parts], axis=3)
 
 
-def _stack_shift(mesh: Mesh, x: Array, axis: str, kind: str, direction: int, mask=None) -> Array:
-    """Move a ring of stacked blocks one position: each core passes one end block to its ring neighbour.
-
-    mask [lines] (may be traced): only those lines move (rows for axis x, columns for axis y)."""
-    s = x.shape[2]
-    got = noc.shift(mesh, local.take_slot(x, 0 if direction < 0 else s - 1), axis, kind, direction)
-    new = local.push_slot(x, got, front=direction > 0)
-    if mask is None or is_abstract(x):
-        return new
-    m = jnp.asarray(mask).reshape((-1, 1) if axis == "x" else (1, -1))
-    return jnp.where(m.reshape(m.shape + (1,) * (x.ndim - 2)), new, x)
+def _store(x: Array, block: Array, slot) -> Array:
+    """Put the block a core received on the previous step into the stack slot it freed (ring buffer)."""
+    return x if is_abstract(x) else jax.lax.dynamic_update_index_in_dim(x, block, slot, 2)
 
 
-def _ring_step(mesh: Mesh, x: Array, head, axis: str, kind: str) -> Array:
-    """One step of a stack used as a ring buffer: the block at `head` (same on every core) goes to the ring
-    neighbour and the block received takes its slot; the next step reads head + 1 (no stack copy)."""
-    got = noc.shift(mesh, local.take_slot(x, head), axis, kind, -1)
-    return x if is_abstract(x) else x.at[:, :, head].set(got)
+def _ring_send(mesh: Mesh, x: Array, head, axis: str, kind: str) -> tuple[Array, Array]:
+    """(the stack's head block, the block arriving from the ring neighbour); the arrival is stored into the
+    head's slot at the start of the next step, so the next step reads head + 1 (no stack copy per step)."""
+    out = local.take_slot(x, head)
+    return out, noc.shift(mesh, out, axis, kind, -1)
 
 
 def _loop(mesh: Mesh, n: int, body, carry, trace, snap):
@@ -93,18 +85,10 @@ def _align(mesh: Mesh, x: Array, axis: str, kind: str, need: np.ndarray, shortes
     n_pos = x.shape[2] * mesh.size(axis)
     back = need if not shortest else np.where(need <= n_pos - need, need, 0)
     fwd = np.zeros_like(need) if not shortest else np.where(need <= n_pos - need, 0, n_pos - need)
-    steps = int(max(back.max(initial=0), fwd.max(initial=0)))
-
-    def body(t, x):  # every alignment step moves one block: same cost
-        with mesh.step():
-            if (back > 0).any():
-                x = _stack_shift(mesh, x, axis, kind, -1, mask=jnp.asarray(back) > t)
-            if (fwd > 0).any():
-                x = _stack_shift(mesh, x, axis, kind, +1, mask=jnp.asarray(fwd) > t)
-        return x
-
     with mesh.phase("align"):
-        return _loop(mesh, steps, body, x, trace, lambda t, x: _snap(trace, f"{name}-align-{t}", x))
+        x = noc.rotate_stacks(mesh, x, axis, kind, back, fwd)
+    _snap(trace, f"{name}-align-final", x)
+    return x
 
 
 def cannon_tiles(mesh: Mesh, at: Array, bt: Array, *, algo: str = "meshgemm", b_skewed: bool = True,
@@ -134,16 +118,18 @@ def cannon_tiles(mesh: Mesh, at: Array, bt: Array, *, algo: str = "meshgemm", b_
             bt = _align(mesh, bt, "y", kind, pos_x * sA, algo == "meshgemm", trace, "b")
 
         def body(t, carry):
-            ct, at, bt = carry
+            ct, at, bt, fa, fb = carry
             ha, hb = t % sA, t % sB
+            at, bt = _store(at, fa, (t - 1) % sA), _store(bt, fb, (t - 1) % sB)
             with mesh.step():
-                ct = local.matmul(mesh, local.take_slot(at, ha), local.take_slot(bt, hb), ct)
-                at = _ring_step(mesh, at, ha, "x", kind)
-                bt = _ring_step(mesh, bt, hb, "y", kind)
-            return ct, at, bt
+                a, fa = _ring_send(mesh, at, ha, "x", kind)
+                b, fb = _ring_send(mesh, bt, hb, "y", kind)
+                ct = local.matmul(mesh, a, b, ct)
+            return ct, at, bt, fa, fb
 
         with mesh.phase("compute-shift"):
-            ct, _, _ = _loop(mesh, L, body, (ct, at, bt), trace, lambda t, c: _snap(trace, f"step-{t}", c[0]))
+            carry = (ct, at, bt, local.take_slot(at, sA - 1), local.take_slot(bt, sB - 1))
+            ct = _loop(mesh, L, body, carry, trace, lambda t, c: _snap(trace, f"step-{t}", c[0]))[0]
     return ct
 
 
@@ -158,12 +144,13 @@ def place_b(mesh: Mesh, b, kind: str = "interleaved", host_skew: bool = True) ->
     if is_abstract(b):
         return jax.ShapeDtypeStruct((R, C, sB, kb, nb), b.dtype)
     pos_y, pos_x = _ring_positions(mesh, kind)
-    bb = layout.pad_to(b, (L * kb, C * nb)).reshape(L, kb, C, nb)
+    xp = np if isinstance(b, np.ndarray) else jnp  # host placement stays in numpy (one device copy at the end)
+    bb = xp.pad(b, ((0, L * kb - K), (0, C * nb - N))).reshape(L, kb, C, nb)
     r = pos_y[:, None] * sB + np.arange(sB)[None, :]  # [R, sB] Y-ring position of each stack slot
     skew = (pos_x * sA) if host_skew else np.zeros(C, np.int64)
     kidx = (r[:, None, :] + skew[None, :, None]) % L  # [R, C, sB] k-block held
     bt = bb[kidx, :, pos_x[None, :, None], :]  # [R, C, sB, kb, nb]
-    return shard.place(bt.astype(b.dtype), mesh.devices)
+    return shard.place(jnp.asarray(bt), mesh.devices)
 
 
 def _place_cannon(mesh: Mesh, a, b, kind: str, host_skew: bool):
@@ -279,20 +266,22 @@ def gemm_t_tiles(mesh: Mesh, at: Array, bt: Array, *, trace: list | None = None)
             mesh.routes("interleaved ring y", 2), mesh.routes("reduce chain x", 2):
 
         def body(t, carry):
-            ct, bt = carry
+            ct, bt, fb = carry
             h = t % sB
+            bt = _store(bt, fb, (t - 1) % sB)
             with mesh.phase("compute-shift-reduce"), mesh.step():
-                part = local.matmul(mesh, at, local.take_slot(bt, h), trans_b=True)  # [R, C, *batch, mb, nb]
+                b, fb = _ring_send(mesh, bt, h, "y", "interleaved")
+                part = local.matmul(mesh, at, b, trans_b=True)  # [R, C, *batch, mb, nb]
                 n_of_row = (jnp.asarray(pos_y) * sB + t) % L  # C block each row produces this step
                 red = noc.reduce_to_owner(mesh, part, "x", order[n_of_row // sC])
                 if not abstract:
                     slot = (jnp.arange(sC)[None, :] == (n_of_row % sC)[:, None])[:, None, :]  # [R, 1, sC]
                     ct = ct + jnp.where(slot.reshape(slot.shape + (1,) * (ct.ndim - 3)), red[:, :, None], 0
                                         ).astype(ct.dtype)
-                bt = _ring_step(mesh, bt, h, "y", "interleaved")
-            return ct, bt
+            return ct, bt, fb
 
-        ct, _ = _loop(mesh, L, body, (ct, bt), trace, lambda t, c: _snap(trace, f"step-{t}", c[0]))
+        ct = _loop(mesh, L, body, (ct, bt, local.take_slot(bt, sB - 1)), trace,
+                   lambda t, c: _snap(trace, f"step-{t}", c[0]))[0]
         with mesh.phase("drain"):  # the last partial still has to cross the row
             noc.drain(mesh, jax.ShapeDtypeStruct(part_shape(at, nb), np.float32), "x")
     return ct

@@ -42,15 +42,6 @@ def push_slot(x: Array, item: Array, front: bool) -> Array:
     return jnp.concatenate([item, x[:, :, :-1]] if front else [x[:, :, 1:], item], axis=2)
 
 
-# transitional: callers outside machine/ are being moved onto machine.ops
-matmul_cycles = ops.matmul_cycles
-
-
 def zeros(mesh: Mesh, shape: tuple[int, ...], dtype, abstract: bool) -> Array:
     """A zero tile of `shape` on every core ([R, C, *shape])."""
     return ops.zeros((mesh.rows, mesh.cols) + tuple(shape), dtype, abstract)
-
-
-def charge_elementwise(mesh: Mesh, elems: int, dtype: str = "float32", *, special: int = 0, ops_: int = 1,
-                       **kw) -> None:
-    mesh.charge_compute(ops.elementwise_cycles(mesh, elems, dtype, ops=kw.get("ops", ops_), special=special))

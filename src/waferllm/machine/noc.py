@@ -6,6 +6,7 @@ message_overhead + alpha*h + beta*r + bytes / link_bytes_per_cycle (the payload 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -14,6 +15,7 @@ import numpy as np
 
 from waferllm.machine import shard
 from waferllm.machine.mesh import Array, Mesh, is_abstract, tile_bytes
+from waferllm.machine.ops import times as ops_times
 from waferllm.machine.rings import default_groups, ring_hops, ring_src
 
 AX = {"y": 0, "x": 1}
@@ -360,3 +362,67 @@ def interwafer(mesh: Mesh, x: Array, *, times: int = 1) -> Array:
         t = s.interwafer_latency_s + nbytes / s.interwafer_bytes_per_s
         mesh.charge_comm(t * s.clock_hz, times=times)
     return x
+
+
+# --- line rotations of stacked tiles (Cannon's alignment) ----------------------------------------
+def rotate_stacks(mesh: Mesh, x: Array, axis: str, kind: str, back: np.ndarray, fwd: np.ndarray) -> Array:
+    """Rotate the stacked blocks x [R, C, s, ...] of each line along `axis` by back[line] ring positions
+    backward (or fwd[line] forward): max(back, fwd) steps, each moving one block per core (the lines
+    that are done idle). Numbers: the composed permutation in one gather; cost: every step's shift."""
+    steps = int(max(np.max(back, initial=0), np.max(fwd, initial=0)))
+    if steps == 0:
+        return x
+    blk = jax.ShapeDtypeStruct(x.shape[:2] + x.shape[3:], x.dtype)
+    with ops_times(mesh, steps), mesh.step():
+        if np.any(back):
+            shift(mesh, blk, axis, kind, -1)
+        if np.any(fwd):
+            shift(mesh, blk, axis, kind, +1)
+    if is_abstract(x):
+        return x
+    idx = _rotation_index(mesh.rows, mesh.cols, x.shape[2], axis, kind, tuple(back), tuple(fwd))
+    flat = x.reshape((-1,) + x.shape[3:])
+    return jnp.take(flat, jnp.asarray(idx), axis=0).reshape(x.shape)
+
+
+@functools.lru_cache(maxsize=64)
+def _rotation_index(R: int, C: int, s: int, axis: str, kind: str, back: tuple, fwd: tuple) -> np.ndarray:
+    """Flat (core, slot) source of every block after the rotation, found by running its steps on indices."""
+    idx = np.arange(R * C * s).reshape(R, C, s)
+    n = C if axis == "x" else R
+    a = AX[axis]
+    back, fwd = np.asarray(back), np.asarray(fwd)
+    for t in range(int(max(back.max(initial=0), fwd.max(initial=0)))):
+        for direction, need in ((-1, back), (+1, fwd)):
+            move = need > t
+            if not move.any():
+                continue
+            src = ring_src(n, kind, direction)
+            end = 0 if direction < 0 else s - 1
+            got = np.take(idx[:, :, end], src, axis=a)
+            new = np.concatenate([idx[:, :, 1:], got[:, :, None]] if direction < 0 else [got[:, :, None], idx[:, :, :-1]], 2)
+            m = move[:, None, None] if axis == "x" else move[None, :, None]
+            idx = np.where(m, new, idx)
+    return idx.reshape(-1)
+
+
+# --- moves along rows ------------------------------------------------------------------------------
+def relayout_cols(mesh: Mesh, x: Array, src_col: np.ndarray, src_slot: np.ndarray) -> Array:
+    """Re-cut the columns of every row: x [R, C, rows, w] -> [R, C, rows, w'] where slot j of core column c
+    takes x[:, src_col[c, j], :, src_slot[c, j]] (-1: zero padding, made locally). Charged as one message
+    per core carrying what it receives from other columns, over the farthest such column."""
+    moved = (src_col >= 0) & (src_col != np.arange(mesh.cols)[:, None])
+    n_in = int(moved.sum(axis=1).max(initial=0))
+    hops = int(np.abs(np.where(moved, src_col - np.arange(mesh.cols)[:, None], 0)).max(initial=0))
+    eb = np.dtype(x.dtype).itemsize
+    if n_in:
+        mesh.charge_comm(transfer_cycles(mesh, n_in * x.shape[2] * eb, hops), hops=hops)
+    out_shape = x.shape[:3] + (src_col.shape[1],)
+    if is_abstract(x):
+        return jax.ShapeDtypeStruct(out_shape, x.dtype)
+    w = x.shape[3]
+    flat = jnp.swapaxes(x, 1, 2).reshape(x.shape[0], x.shape[2], -1)  # [R, rows, C*w]
+    idx = np.where(src_col >= 0, src_col * w + src_slot, 0).reshape(-1)
+    got = jnp.take(flat, jnp.asarray(idx), axis=2).reshape(x.shape[0], x.shape[2], mesh.cols, -1)
+    got = jnp.where(jnp.asarray(src_col >= 0)[None, None], got, 0)
+    return jnp.swapaxes(got, 1, 2)

@@ -3,10 +3,10 @@
 Imports only go downward: nothing here imports engine/perf/report/cli/server.
 """
 
-from waferllm.model.config import ModelConfig, RopeScaling, get_config
+from waferllm.model.config import ModelConfig, RopeScaling
 from waferllm.model.errors import ModelError
 from waferllm.model.presets import PRESETS
-from waferllm.model.registry import ModelSource, known_models, load_model, resolve_model
+from waferllm.model.registry import ModelSource, get_config, known_models, load_model, resolve_model
 from waferllm.model.tokenizer import Tokenizer
 from waferllm.model.weights import LayerWeights, ModelWeights, build_weights, random_weights
 

@@ -1,4 +1,7 @@
-"""ModelConfig: the shape of a Llama/Qwen2 decoder, from a preset, a HF config.json or GGUF metadata."""
+"""ModelConfig: the shape of a Llama/Qwen2 decoder, from a preset, a HF config.json or GGUF metadata.
+
+presets.py, gguf_config.py and load_hf_config_file build one; registry.get_config finds one by name or path.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +12,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from waferllm.model.errors import ModelError, known_list
+from waferllm.spec.dtypes import storage_bytes
+from waferllm.spec.errors import SpecError
 
 ARCHS = ("llama", "qwen2")
 HF_ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
 ROPE_KINDS = ("linear", "llama3")
-
-# Bytes per weight element; block formats include their per-block scales (Q8_0: 32 int8 + fp16 scale).
-DTYPE_BYTES = {
-    "float32": 4.0, "fp32": 4.0, "float16": 2.0, "fp16": 2.0, "bfloat16": 2.0, "bf16": 2.0,
-    "int8": 1.0, "int4": 0.5, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32,
-}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,7 +105,7 @@ class ModelConfig:
         return emb + head + self.n_layers * self.layer_param_count() + self.dim
 
     def weight_bytes(self, dtype: str = "bfloat16") -> int:
-        """Bytes to store every parameter in `dtype` (see DTYPE_BYTES)."""
+        """Bytes to store every parameter in `dtype` (spec/dtypes.py STORAGE_BYTES)."""
         return math.ceil(self.param_count() * dtype_bytes(dtype))
 
     def kv_bytes_per_token(self, dtype: str = "bfloat16") -> int:
@@ -149,21 +148,13 @@ class ModelConfig:
         except KeyError as err:
             raise ModelError(f"model config: missing key {err.args[0]!r}") from None
 
-    @classmethod
-    def from_gguf_metadata(cls, meta: Mapping[str, Any], tensor_names: frozenset[str] = frozenset(),
-                           *, name: str = "") -> "ModelConfig":
-        """From GGUF key/values (llama or qwen2) and the names of the file's tensors."""
-        from waferllm.model.gguf_config import config_kwargs_from_gguf
-
-        return cls(**config_kwargs_from_gguf(meta, tensor_names, name=name))
-
 
 def dtype_bytes(dtype: str) -> float:
-    """Bytes per element of a storage dtype name."""
+    """Bytes per element of a storage dtype name (spec/dtypes.py: block formats include their scales)."""
     try:
-        return DTYPE_BYTES[dtype.lower()]
-    except KeyError:
-        raise ModelError(f"unknown dtype {dtype!r}; known: {known_list(DTYPE_BYTES)}") from None
+        return storage_bytes(dtype)
+    except SpecError as err:
+        raise ModelError(str(err)) from None
 
 
 def _opt_int(value: Any) -> int | None:
@@ -227,20 +218,3 @@ def load_hf_config_file(path: Path) -> ModelConfig:
     if not isinstance(cfg, dict):
         raise ModelError(f"{path}: config is not a JSON object")
     return ModelConfig.from_hf_config(cfg, name=path.parent.name)
-
-
-def get_config(name_or_path: str | Path) -> ModelConfig:
-    """A preset by name, or the config of a HF folder / config.json / .gguf path."""
-    from waferllm.model.presets import PRESETS
-
-    key = str(name_or_path)
-    if key in PRESETS:
-        return PRESETS[key]
-    path = Path(key).expanduser()
-    if path.suffix == ".gguf":
-        from waferllm.model.gguf_loader import load_gguf_config
-
-        return load_gguf_config(path)
-    if path.exists():
-        return load_hf_config_file(path)
-    raise ModelError(f"unknown model {key!r}: not a preset nor an existing path; presets: {known_list(PRESETS)}")

@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from waferllm.model.config import ARCHS, RopeScaling
+from waferllm.model.config import ARCHS, ModelConfig, RopeScaling
 from waferllm.model.errors import ModelError, known_list
 
 # llama.cpp stores Llama 3.1 scaling as a `rope_freqs` tensor; these are the Llama 3.1/3.2 defaults.
@@ -19,6 +19,12 @@ def gguf_arch(meta: Mapping[str, Any]) -> str:
     if arch not in ARCHS:
         raise ModelError(f"unsupported GGUF architecture {arch!r}; supported: {known_list(ARCHS)}")
     return arch
+
+
+def config_from_gguf(meta: Mapping[str, Any], tensor_names: frozenset[str] = frozenset(), *,
+                     name: str = "") -> ModelConfig:
+    """A ModelConfig from GGUF key/values (llama or qwen2) and the names of the file's tensors."""
+    return ModelConfig(**config_kwargs_from_gguf(meta, tensor_names, name=name))
 
 
 def config_kwargs_from_gguf(meta: Mapping[str, Any], tensor_names: frozenset[str], *, name: str = "") -> dict:

@@ -9,6 +9,7 @@ import numpy as np
 
 from waferllm.model.config import ModelConfig
 from waferllm.model.errors import ModelError, known_list
+from waferllm.model.gguf_config import config_from_gguf
 from waferllm.model.weights import LAYER_BIASES, LAYER_MATRICES, ModelWeights, build_weights
 
 # GGUF tensor name -> canonical name (per layer: blk.{i}.<key>).
@@ -54,14 +55,14 @@ def read_metadata(reader) -> dict[str, Any]:
 def load_gguf_config(path: str | Path) -> ModelConfig:
     """Only the ModelConfig of a GGUF file."""
     reader = open_gguf(path)
-    return ModelConfig.from_gguf_metadata(read_metadata(reader), _tensor_names(reader), name=_name(path))
+    return config_from_gguf(read_metadata(reader), _tensor_names(reader), name=_name(path))
 
 
 def load_gguf_weights(path: str | Path, reader=None) -> tuple[ModelConfig, ModelWeights, dict[str, Any]]:
     """(config, weights, metadata) of a GGUF file; Q/K are returned in the HF rotate-half layout."""
     reader = reader if reader is not None else open_gguf(path)
     meta = read_metadata(reader)
-    config = ModelConfig.from_gguf_metadata(meta, _tensor_names(reader), name=_name(path))
+    config = config_from_gguf(meta, _tensor_names(reader), name=_name(path))
     arrays = _read_tensors(reader, config)
     if config.arch in PERMUTED_QK_ARCHS:
         for i in range(config.n_layers):

@@ -1,4 +1,6 @@
-"""Find a model by name or path and load it: resolve_model() and load_model()."""
+"""Find a model by name or path and load it: get_config() (shape only), resolve_model() and load_model().
+
+The loading dispatch lives here, above config.py and the loaders, so none of them imports back."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from waferllm.model.config import ModelConfig, load_hf_config_file
 from waferllm.model.errors import ModelError, known_list
 from waferllm.model.presets import PRESETS
 
@@ -69,6 +72,21 @@ def _search_dirs() -> list[Path]:
     except AttributeError:  # some embedded/virtualenv site modules lack these
         pass
     return [Path(d) for d in dict.fromkeys(dirs)]
+
+
+def get_config(name_or_path: str | Path) -> ModelConfig:
+    """A preset by name, or the config of a HF folder / config.json / .gguf path."""
+    key = str(name_or_path)
+    if key in PRESETS:
+        return PRESETS[key]
+    path = Path(key).expanduser()
+    if path.suffix == ".gguf":
+        from waferllm.model.gguf_loader import load_gguf_config
+
+        return load_gguf_config(path)
+    if path.exists():
+        return load_hf_config_file(path)
+    raise ModelError(f"unknown model {key!r}: not a preset nor an existing path; presets: {known_list(PRESETS)}")
 
 
 def load_model(name_or_path: str | Path):

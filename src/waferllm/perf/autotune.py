@@ -12,10 +12,12 @@ from typing import Callable, Sequence
 
 from waferllm import WaferError
 from waferllm.engine.cost import step_ledger
+from waferllm.engine.grids import AutoGrids, Grid, resolve_grids
 from waferllm.engine.handoff import ttft_ledger
-from waferllm.engine.placement import PlanError
+from waferllm.engine.placement import PlanError, auto_grid, smallest_fit
 from waferllm.machine import GridError
 from waferllm.model.config import ModelConfig
+from waferllm.perf.programs import decode_program, prefill_program
 from waferllm.spec import DeviceSpec
 
 STEP = 60  # candidate sides: multiples of 60 cores (the paper's grids 240..720 are all on it)
@@ -39,8 +41,6 @@ class Point:
 
 def decode_point(cfg: ModelConfig, spec: DeviceSpec, side: int, dtype: str, context: int, batch: int = 1,
                  policy: str = "shift", strategy: str = "waferllm") -> Point:
-    from waferllm.perf.predict import decode_program
-
     try:
         dec = decode_program(cfg, spec, (side, side), dtype, context * batch, policy, strategy)
     except (PlanError, GridError) as e:
@@ -51,12 +51,12 @@ def decode_point(cfg: ModelConfig, spec: DeviceSpec, side: int, dtype: str, cont
 
 def prefill_point(cfg: ModelConfig, spec: DeviceSpec, side: int, dtype: str, input_len: int,
                   decode_side: int | None = None, strategy: str = "waferllm") -> Point:
-    """Prefill on side x side (the decode plan, which sets the wafer count, on decode_side or auto)."""
-    from waferllm.perf.predict import decode_program, prefill_program
-
+    """Prefill on side x side (the decode plan, which sets the wafer count, on decode_side or the smallest fit)."""
     try:
-        dec = decode_program(cfg, spec, (decode_side,) * 2 if decode_side else "auto", dtype, input_len)
-        pre = prefill_program(cfg, spec, (side, side), (dec.plan.rows, dec.plan.cols), dtype, strategy)
+        grids = resolve_grids(spec, grid=(decode_side,) * 2 if decode_side else "auto", prefill_grid=(side, side),
+                              auto=smallest_fit(cfg, spec, dtype, input_len))
+        dec = decode_program(cfg, spec, grids.decode, dtype, input_len)
+        pre = prefill_program(cfg, spec, grids.prefill, dtype, strategy)
     except (PlanError, GridError) as e:
         return Point(side=side, phase="prefill", tokens_per_s=None, wafers=None, reason=str(e))
     wafers = pre.wafers_needed(input_len, dec.plan.wafers)
@@ -96,3 +96,24 @@ def tune_prefill(cfg, spec, dtype: str, input_len: int, decode_side: int | None 
                  strategy: str = "waferllm") -> Point:
     return best(sweep(lambda s: prefill_point(cfg, spec, s, dtype, input_len, decode_side, strategy),
                       candidate_sides(spec)))
+
+
+def autotuned(cfg: ModelConfig, spec: DeviceSpec, *, phase: str, dtype: str, tokens: int, input_len: int,
+              batch: int = 1, policy: str = "shift", strategy: str = "waferllm") -> AutoGrids:
+    """Predictions' `auto` (engine/grids.resolve_grids): the autotuner, the fastest grid on the fewest wafers.
+
+    decode: tune_decode at `tokens` of context (for phase 'prefill' the decode grid only sets the wafer
+    count: the smallest square that fits, placement.auto_grid); prefill: tune_prefill over `input_len`
+    tokens, on the decode grid's row count when the decode grid is in use (phase 'e2e').
+    """
+    def decode() -> Grid:
+        if phase == "prefill":
+            return auto_grid(cfg, spec, dtype, tokens)
+        side = tune_decode(cfg, spec, dtype, tokens, batch, policy, strategy).side
+        return side, side
+
+    def prefill(decode_rc: Grid) -> Grid:
+        side = tune_prefill(cfg, spec, dtype, input_len, decode_rc[0] if phase == "e2e" else None, strategy).side
+        return side, side
+
+    return AutoGrids(name="autotuner", decode=decode, prefill=prefill)

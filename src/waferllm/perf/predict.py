@@ -10,20 +10,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from waferllm import WaferError
 from waferllm.engine import handoff
 from waferllm.engine.cost import layer_ledger, step_ledger
 from waferllm.engine.decode import DecodeProgram
-from waferllm.engine.placement import auto_grid, plan_decode
+from waferllm.engine.grids import GridArg, resolve_grids
 from waferllm.engine.prefill import PrefillProgram
-from waferllm.engine.tiles import DTYPES
-from waferllm.machine import Ledger, Mesh, parse_grid
+from waferllm.engine.prefill import layer_ledger as prefill_layer_ledger
+from waferllm.machine import Ledger
 from waferllm.machine.mesh import STRATEGIES
-from waferllm.perf.autotune import tune_decode, tune_prefill
 from waferllm.model.config import ModelConfig
-from waferllm.spec import DeviceSpec
+from waferllm.model.registry import get_config
+from waferllm.perf.autotune import autotuned
+from waferllm.perf.programs import decode_program, prefill_program
+from waferllm.spec import DeviceSpec, dtype_bytes
 
 PHASES = ("prefill", "decode", "e2e")
 
@@ -86,22 +86,6 @@ def check_args(cfg: ModelConfig, phase: str, **lengths: int) -> None:
                            "(no RoPE scaling)")
 
 
-def decode_program(cfg: ModelConfig, spec: DeviceSpec, grid, dtype: str, tokens: int, policy: str = "shift",
-                   strategy: str = "waferllm"):
-    rc = auto_grid(cfg, spec, dtype, tokens) if grid == "auto" else (parse_grid(grid) if isinstance(grid, str) else grid)
-    Mesh(spec, *rc)
-    plan = plan_decode(cfg, spec, rc, dtype, min_tokens=tokens)
-    return DecodeProgram(cfg=cfg, plan=plan, spec=spec, policy=policy, strategy=strategy)
-
-
-def prefill_program(cfg: ModelConfig, spec: DeviceSpec, prefill_grid, decode_rc: tuple[int, int], dtype: str,
-                    strategy: str = "waferllm"):
-    pr = (min(decode_rc),) * 2 if prefill_grid == "auto" else (
-        parse_grid(prefill_grid) if isinstance(prefill_grid, str) else prefill_grid)
-    Mesh(spec, *pr)
-    return PrefillProgram(cfg=cfg, spec=spec, rows=pr[0], cols=pr[1], dtype=dtype, strategy=strategy)
-
-
 def prefill_ledger(dec: DecodeProgram, pre: PrefillProgram, n_tokens: int, batch: int = 1,
                    wafers: int | None = None) -> Ledger:
     """TTFT's costs exactly as the engine charges them (handoff.ttft_ledger), once per prompt of the batch."""
@@ -110,18 +94,20 @@ def prefill_ledger(dec: DecodeProgram, pre: PrefillProgram, n_tokens: int, batch
     return led
 
 
-def predict(cfg: ModelConfig, spec: DeviceSpec, *, phase: str, grid="auto", prefill_grid="auto",
+def predict(cfg: ModelConfig, spec: DeviceSpec, *, phase: str, grid: GridArg = "auto", prefill_grid: GridArg = "auto",
             context: int = 4096, input_len: int = 4096, output_len: int = 128, batch: int = 1,
             dtype: str = "float16", policy: str = "shift", strategy: str = "waferllm") -> Prediction:
-    """Shape-only prediction for a model on a device (see the module docstring for the phases)."""
+    """Shape-only prediction for a model on a device (see the module docstring for the phases).
+
+    grid / prefill_grid: 'RxC', (R, C) or 'auto' = the autotuner (perf/autotune.autotuned)."""
     check_args(cfg, phase, context=context, input_len=input_len, output_len=output_len, batch=batch)
     tokens = context if phase == "decode" else (input_len + output_len if phase == "e2e" else 1)
     if strategy not in STRATEGIES:
         raise PredictError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
-    if grid == "auto" and phase != "prefill":  # the autotuner: the fastest decode grid that fits
-        side = tune_decode(cfg, spec, dtype, tokens, batch, policy, strategy).side
-        grid = (side, side)
-    dec = decode_program(cfg, spec, grid, dtype, tokens, policy, strategy)
+    grids = resolve_grids(spec, grid=grid, prefill_grid=None if phase == "decode" else prefill_grid,
+                          auto=autotuned(cfg, spec, phase=phase, dtype=dtype, tokens=tokens, input_len=input_len,
+                                         batch=batch, policy=policy, strategy=strategy))
+    dec = decode_program(cfg, spec, grids.decode, dtype, tokens, policy, strategy)
     plan = dec.plan
     cap = plan.kv_capacity_tokens()
     pre, ttft, tpot = None, None, None
@@ -132,10 +118,7 @@ def predict(cfg: ModelConfig, spec: DeviceSpec, *, phase: str, grid="auto", pref
         paper = artifact_decode_tps(dec, context)
         tpot = t
     else:
-        if prefill_grid == "auto":  # the autotuner: the fastest prefill grid
-            side = tune_prefill(cfg, spec, dtype, input_len, plan.rows if phase == "e2e" else None, strategy).side
-            prefill_grid = (side, side)
-        pre = prefill_program(cfg, spec, prefill_grid, (plan.rows, plan.cols), dtype, strategy)
+        pre = prefill_program(cfg, spec, grids.prefill, dtype, strategy)
         pre_wafers = pre.wafers_needed(input_len, plan.wafers)
         led = prefill_ledger(dec, pre, input_len, batch, pre_wafers)
         ttft = led.time_s / batch
@@ -178,7 +161,7 @@ def utilization(cfg, spec, plan, pre, phase: str, led: Ledger, context: int, inp
     Decode reads every weight and cached K/V once per token; in prefill every core reads each operand
     tile that passes it (weights and activations, grid-side times over a MeshGEMM).
     """
-    eb = np.dtype(DTYPES[plan.dtype]).itemsize
+    eb = dtype_bytes(plan.dtype)
     w = cfg.n_layers * cfg.layer_matrix_params()
     head = cfg.dim * cfg.vocab_size
     if phase == "decode":
@@ -204,19 +187,15 @@ def artifact_decode_tps(dec: DecodeProgram, context: int) -> float:
 
 def artifact_prefill_tps(pre: PrefillProgram, input_len: int) -> float:
     """Prefill tokens/s as the artifact measures it: input tokens / (one layer's cycles x layer count)."""
-    return input_len * pre.spec.clock_hz / (handoff.prefill_layer_ledger(pre, input_len).cycles * pre.cfg.n_layers)
+    return input_len * pre.spec.clock_hz / (prefill_layer_ledger(pre, input_len).cycles * pre.cfg.n_layers)
 
 
 def paper_decode_tps(spec: DeviceSpec, model: str, side: int, context: int = 4096, dtype: str = "float16") -> float:
     """artifact_decode_tps for a preset model on a side x side decode grid."""
-    from waferllm.model.config import get_config
-
     return artifact_decode_tps(decode_program(get_config(model), spec, (side, side), dtype, context), context)
 
 
 def paper_prefill_tps(spec: DeviceSpec, model: str, side: int, input_len: int = 4096, dtype: str = "float16") -> float:
     """artifact_prefill_tps for a preset model on a side x side prefill grid."""
-    from waferllm.model.config import get_config
-
-    pre = PrefillProgram(cfg=get_config(model), spec=spec, rows=side, cols=side, dtype=dtype)
+    pre = prefill_program(get_config(model), spec, (side, side), dtype)
     return artifact_prefill_tps(pre, input_len)

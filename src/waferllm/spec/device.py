@@ -7,15 +7,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from waferllm import WaferError
-
-
-class SpecError(WaferError):
-    """A device spec is unknown, incomplete or contradictory."""
-
-
-# dtype name -> bytes per element (the dtypes the mesh stores).
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+from waferllm.spec.dtypes import DTYPE_BYTES, check_dtype, dtype_bytes  # noqa: F401 (re-exported)
+from waferllm.spec.errors import SpecError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,13 +109,3 @@ def field_names() -> list[str]:
 def unknown_field_message(name: str) -> str:
     known = ", ".join(n for n in field_names() if n != "sources")
     return f"unknown device field {name!r}; known fields: {known}"
-
-
-def check_dtype(dtype: str) -> str:
-    if dtype not in DTYPE_BYTES:
-        raise SpecError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPE_BYTES)}")
-    return dtype
-
-
-def dtype_bytes(dtype: str) -> int:
-    return DTYPE_BYTES[check_dtype(dtype)]
