@@ -120,6 +120,16 @@ def ttft_ledger(dec: DecodeProgram, pre: PrefillProgram, n_prompt: int, wafers: 
 _TTFT: dict[tuple, Ledger] = {}
 
 
+def clear_caches() -> None:
+    """Forget every cached ledger (decode steps, prefill layers, TTFTs): a calibration's trial devices are
+    new programs each time, and keeping their ledgers would only grow memory."""
+    from waferllm.engine import cost, prefill
+
+    cost._CACHE.clear()
+    prefill._LAYERS.clear()
+    _TTFT.clear()
+
+
 def _ttft_ledger(dec: DecodeProgram, pre: PrefillProgram, n_prompt: int, wafers: int | None) -> Ledger:
     from waferllm.engine.cost import head_ledger, interwafer_ledger
 

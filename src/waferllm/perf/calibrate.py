@@ -168,14 +168,13 @@ def _x0(spec: DeviceSpec):
 
 def fit_joint(spec: DeviceSpec, progress: Callable[[], None] | None = None) -> tuple[DeviceSpec, dict]:
     """Fit FIT_FIELDS (and pick fp16 MACs/cycle) to the GEMV and Llama3-8B figures of calibration.json."""
-    from waferllm.engine import cost, handoff
+    from waferllm.engine import handoff
 
     targets = [t for t in kernel_targets() if t.check == "within10"] + llama_targets()
     bounds = [t for t in kernel_targets() if t.check != "within10"]  # ratios and efficiencies: penalties
 
     def resid(fp16, p):
-        cost._CACHE.clear()  # every trial spec is a new program; keep memory flat
-        handoff._LAYERS.clear()
+        handoff.clear_caches()  # every trial spec is a new program; keep memory flat
         s = _apply(spec, fp16, p)
         if progress:
             progress()
