@@ -283,12 +283,8 @@ def gemm_t_tiles(mesh: Mesh, at: Array, bt: Array, *, trace: list | None = None)
         ct = _loop(mesh, L, body, (ct, bt, local.take_slot(bt, sB - 1)), trace,
                    lambda t, c: _snap(trace, f"step-{t}", c[0]))[0]
         with mesh.phase("drain"):  # the last partial still has to cross the row
-            noc.drain(mesh, jax.ShapeDtypeStruct(part_shape(at, nb), np.float32), "x")
+            noc.drain(mesh, jax.ShapeDtypeStruct(at.shape[:-1] + (nb,), np.float32), "x")
     return ct
-
-
-def part_shape(at: Array, nb: int) -> tuple[int, ...]:
-    return at.shape[:-1] + (nb,)
 
 
 def gemm_t(mesh: Mesh, a, b, *, trace: list | None = None) -> Array:

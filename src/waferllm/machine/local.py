@@ -34,14 +34,6 @@ def take_slot(x: Array, j) -> Array:
     return ops.free(lambda x: x[:, :, j], x)
 
 
-def push_slot(x: Array, item: Array, front: bool) -> Array:
-    """Drop one end of a stack [R, C, s, ...] and append item at the other end (free)."""
-    if is_abstract(x):
-        return x
-    item = item[:, :, None]
-    return jnp.concatenate([item, x[:, :, :-1]] if front else [x[:, :, 1:], item], axis=2)
-
-
 def zeros(mesh: Mesh, shape: tuple[int, ...], dtype, abstract: bool) -> Array:
     """A zero tile of `shape` on every core ([R, C, *shape])."""
     return ops.zeros((mesh.rows, mesh.cols) + tuple(shape), dtype, abstract)

@@ -76,18 +76,6 @@ def shift(mesh: Mesh, x: Array, axis: str, kind: str = "interleaved", direction:
     return shard.permute(x, AX[axis], src, mesh.devices)
 
 
-def shift_rows_masked(mesh: Mesh, x: Array, axis: str, mask: np.ndarray, kind: str = "interleaved",
-                      direction: int = 1) -> Array:
-    """A shift applied only in the lines (rows for axis x, columns for axis y) where mask is True."""
-    moved = shift(mesh, x, axis, kind, direction)
-    if is_abstract(x):
-        return x
-    m = np.asarray(mask, bool)
-    m = m[:, None] if axis == "x" else m[None, :]
-    m = jnp.asarray(m.reshape(m.shape + (1,) * (x.ndim - 2)))
-    return jnp.where(m, moved, x)
-
-
 # --- broadcast -------------------------------------------------------------
 def broadcast(mesh: Mesh, x: Array, axis: str, root: int, *, switch: bool = False) -> Array:
     """Router multicast of the root line's tile to every core along `axis` (no software relays).
