@@ -7,7 +7,7 @@ import math
 import sys
 from contextlib import nullcontext
 
-from waferllm.cli.args import ArgError, add_device_args, device_from_args
+from waferllm.cli.args import ArgError, add_device_args, add_model_args, device_from_args, load_model_from_args
 from waferllm.report.tables import fmt_bytes, fmt_time
 
 DEFAULT_PROMPT = "What is a wafer-scale computer? Answer in two sentences."
@@ -15,7 +15,7 @@ DEFAULT_PROMPT = "What is a wafer-scale computer? Answer in two sentences."
 
 def add_parser(sub) -> None:
     p = sub.add_parser("generate", help="generate text with a real model on the simulated wafer")
-    p.add_argument("--model", default="smollm2-135m", help="smollm2-135m, a .gguf file or a Hugging Face folder")
+    add_model_args(p)
     p.add_argument("--prompt", action="append", help="prompt text (repeat for several prompts)")
     p.add_argument("--chat", action="store_true", help="apply the checkpoint's chat template")
     p.add_argument("--system", default=None, help="system message for --chat")
@@ -55,13 +55,12 @@ def _status(msg: str, quiet: bool):
 def run(args) -> int:
     from waferllm.engine.generate import Engine
     from waferllm.engine.textgen import generate_batch_text, generate_text, prompt_ids
-    from waferllm.model import load_model
 
     params = sampling_from_args(args)  # checks ranges before any loading
     spec = device_from_args(args)
     prompts = args.prompt or [DEFAULT_PROMPT]
     with _status(f"loading {args.model}", args.json):
-        cfg, weights, tok = load_model(args.model)
+        cfg, weights, tok = load_model_from_args(args)
     ids = [prompt_ids(tok, p, chat=args.chat, system=args.system) for p in prompts]
     if min(len(i) for i in ids) == 0:
         raise ArgError("empty prompt: give some text with --prompt")

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from waferllm.cli.args import ArgError, add_device_args, device_from_args
+from waferllm.cli.args import ArgError, add_device_args, add_model_args, device_from_args, load_model_from_args
 
 DEFAULT_MAX_MODEL_LEN = 256
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API (continuous batching)")
-    p.add_argument("--model", default="smollm2-135m", help="smollm2-135m, a .gguf file or a Hugging Face folder")
+    add_model_args(p)
     p.add_argument("--served-model-name", default=None, help="the model id clients send (default: --model)")
     add_device_args(p)
     p.add_argument("--grid", default="auto", help="decode grid ROWSxCOLS, or auto (smallest square holding "
@@ -35,7 +35,6 @@ def build(args):
     from waferllm.engine.grids import resolve_grids
     from waferllm.engine.placement import smallest_fit
     from waferllm.engine.scheduler import Scheduler
-    from waferllm.model import load_model
     from waferllm.server.app import create_app
 
     for name in ("max_batch", "max_queue", "max_model_len"):
@@ -44,7 +43,7 @@ def build(args):
     if not 0 <= args.port < 65536:
         raise ArgError(f"--port must be in 0..65535, got {args.port}")
     spec = device_from_args(args)
-    cfg, weights, tok = load_model(args.model)
+    cfg, weights, tok = load_model_from_args(args)
     # auto: the engine's meaning, with KV room for every lane (max-batch x max-model-len tokens)
     grids = resolve_grids(spec, grid=args.grid, prefill_grid=args.prefill_grid,
                           auto=smallest_fit(cfg, spec, args.dtype, args.max_batch * args.max_model_len))

@@ -60,7 +60,8 @@ class Engine:
             scratch = Ledger(clock_hz=1.0)  # numeric runs charge a scratch ledger; costs come from ttft_ledger
             self.pre_weights = place_weights(cfg, weights, self.pre.mesh(scratch), array_dtype(dtype))
             self._pre_layer = jax.jit(lambda w, x: self.pre.layer(self.pre.mesh(scratch), w, x))
-            self._head = jax.jit(lambda mw, x: _head_argmax(self.prog, mw, x))
+            self._handoff = jax.jit(lambda mw, x, ks, vs, T, slots: _handoff_head(self.prog, self.pre, mw, x, ks, vs,
+                                                                                   T, slots), static_argnums=(4, 5))
         self.tok_emb = weights.tok_emb
         self.weights = mesh_weights(cfg, weights, self.plan)
         self.devices = devices  # a jax.sharding.Mesh with axes (gy, gx) over the grid, or None
@@ -184,17 +185,13 @@ class Engine:
         T = len(prompt_ids)
         lay = self.pre.layout(T)
         scratch = Ledger(clock_hz=1.0)
-        dm = self.prog.mesh(scratch)
         x = handoff.embed_prompt(self.pre.mesh(scratch), self.prog, jnp.asarray(embed_tiles(lay, self.tok_emb, prompt_ids)))
         ks, vs = [], []
         for w in self.pre_weights:  # one compiled layer program serves every layer
             x, k, v = self._pre_layer(w, x)
             ks.append(k)
             vs.append(v)
-        caches = handoff.kv_to_decode(dm, self.prog, lay, jnp.stack([jnp.stack(ks), jnp.stack(vs)]), slots)
-        nxt, logits = self._head(self.weights, handoff.hidden_to_decode(dm, self.prog, lay, x))
-        n = self.cfg.n_layers
-        kc, vc = tuple(caches[0, i] for i in range(n)), tuple(caches[1, i] for i in range(n))
+        nxt, logits, kc, vc = self._handoff(self.weights, x, tuple(ks), tuple(vs), T, slots)
         led = self.prefill_ledger(T)
         self.ledger.merge(led)
         return int(nxt[0]), logits[0], (kc, vc), led.time_s
@@ -209,8 +206,15 @@ def _put_lane(caches, lane, new):
     return tuple(tuple(c.at[lane].set(x.astype(c.dtype)) for c, x in zip(cs, xs)) for cs, xs in zip(caches, new))
 
 
-def _head_argmax(prog: DecodeProgram, mw, x_y):
-    """The first token from the last prompt position's hidden state x_y [1, R, kb]."""
-    lm = prog.lm_mesh(Ledger(clock_hz=1.0))
-    logits = prog.head(lm, mw, x_y)
-    return prog.argmax(lm, logits), logits
+def _handoff_head(prog: DecodeProgram, pre: PrefillProgram, mw, x, ks, vs, T: int, slots: int):
+    """Hand-off and first token, one compiled program per prompt length: every layer's K/V (ks, vs) into
+    one lane's decode caches, the last prompt position's hidden state (tiles x) to the LM head.
+
+    Returns (greedy first token [1], logits_x [1, C_lm, vb], K caches, V caches per layer [R, slots, C, cb]).
+    """
+    dm, lm = prog.mesh(Ledger(clock_hz=1.0)), prog.lm_mesh(Ledger(clock_hz=1.0))
+    lay = pre.layout(T)
+    caches = handoff.kv_to_decode(dm, prog, lay, jnp.stack([jnp.stack(ks), jnp.stack(vs)]), slots)
+    logits = prog.head(lm, mw, handoff.hidden_to_decode(dm, prog, lay, x))
+    n = len(ks)
+    return prog.argmax(lm, logits), logits, tuple(caches[0, i] for i in range(n)), tuple(caches[1, i] for i in range(n))

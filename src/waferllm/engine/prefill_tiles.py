@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from waferllm.kernels.gemm import place_b
-from waferllm.machine import Mesh
+from waferllm.machine import Mesh, layout
 from waferllm.machine.rings import interleave_order, ring_pos
 from waferllm.model.config import ModelConfig
 from waferllm.model.rope import inv_freq
@@ -166,17 +166,14 @@ class PrefillLayout:
 
 
 def _take(a: np.ndarray, idx: np.ndarray, axis: int) -> np.ndarray:
-    out = np.take(a, np.maximum(idx, 0), axis=axis)
-    shape = [1] * out.ndim
-    shape[axis] = len(idx)
-    return np.where((idx >= 0).reshape(shape), out, 0).astype(a.dtype)
+    return layout.take_padded(a, idx, axis)
 
 
 def place_matrix(mesh: Mesh, w: np.ndarray, kmap: np.ndarray, nmap: np.ndarray, dtype) -> jax.Array:
     """W[K, N] -> MeshGEMM B stacks [R, C, sB, kb, nb] with K in the input's column order (kmap, by ring
     position) and N in the output's (nmap): the GEMM reads activations and writes them in place."""
     wk = _take(np.asarray(w, np.float32), kmap.reshape(-1), 0)
-    return place_b(mesh, _take(wk, nmap.reshape(-1), 1).astype(dtype))
+    return place_b(mesh, _take(wk, nmap.reshape(-1), 1).astype(dtype, copy=False))
 
 
 def vector_by_column(lay: PrefillLayout, v: np.ndarray, colmap: np.ndarray) -> jax.Array:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from waferllm.engine.placement import DecodePlan
+from waferllm.machine import layout
 from waferllm.model.config import ModelConfig
 from waferllm.model.weights import LayerWeights, ModelWeights
 from waferllm.spec.dtypes import ARRAY_DTYPES, array_dtype
@@ -34,6 +35,8 @@ class MeshWeights:
 
 
 def _pad(a: np.ndarray, shape) -> np.ndarray:
+    if a.shape == tuple(shape):  # nothing to pad: a reshape of the caller's array is enough
+        return a
     out = np.zeros(shape, a.dtype)
     out[tuple(slice(0, s) for s in a.shape)] = a
     return out
@@ -58,9 +61,8 @@ def _qkv_columns(cfg: ModelConfig, plan: DecodePlan) -> np.ndarray:
 
 
 def _take_cols(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """a[..., idx] with -1 -> 0."""
-    out = np.take(a, np.maximum(idx, 0), axis=-1)
-    return np.where(idx >= 0, out, 0).astype(a.dtype)
+    """a[..., idx] with -1 -> 0 (a new array)."""
+    return layout.take_padded(a, idx, -1)
 
 
 def layer_tiles(cfg: ModelConfig, plan: DecodePlan, lw: LayerWeights) -> dict[str, np.ndarray]:

@@ -38,6 +38,26 @@ def pad_to(a, shape):
     return jnp.pad(jnp.asarray(a), pads)
 
 
+def take_padded(a: np.ndarray, idx: np.ndarray, axis: int = -1) -> np.ndarray:
+    """np.take(a, idx, axis) where idx < 0 gives zeros; idx of any shape replaces that axis. A new array.
+
+    Host-side weight placement: an index that is 0..n-1 then padding (the common case) is one copy, no gather.
+    """
+    axis %= a.ndim
+    flat = idx.reshape(-1)
+    valid = flat >= 0
+    n = int(np.count_nonzero(valid))
+    shape = a.shape[:axis] + idx.shape + a.shape[axis + 1:]
+    lead = (slice(None),) * axis
+    if np.array_equal(flat[:n], np.arange(n)):  # the n valid entries come first, in order
+        out = np.zeros(a.shape[:axis] + (flat.size,) + a.shape[axis + 1:], a.dtype)
+        out[lead + (slice(0, n),)] = a[lead + (slice(0, n),)]
+        return out.reshape(shape)
+    out = np.take(a, np.where(valid, flat, 0), axis=axis)
+    out[lead + (~valid,)] = 0
+    return out.reshape(shape)
+
+
 def scatter(mesh: Mesh, a, *, stack: int = 1, row_order: str = "natural", col_order: str = "natural",
             dtype=None) -> Array:
     """A[Mg, Ng] -> tiles [R, C, mb, nb] (stack=1) or [R, C, s, mb, nb/s]: rows over Y, columns over X.

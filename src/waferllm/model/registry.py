@@ -89,13 +89,15 @@ def get_config(name_or_path: str | Path) -> ModelConfig:
     raise ModelError(f"unknown model {key!r}: not a preset nor an existing path; presets: {known_list(PRESETS)}")
 
 
-def load_model(name_or_path: str | Path):
-    """(ModelConfig, ModelWeights, Tokenizer) for a bundled name, a .gguf file or a HF folder."""
+def load_model(name_or_path: str | Path, *, cache_dir: str | Path | None = None):
+    """(ModelConfig, ModelWeights, Tokenizer) for a bundled name, a .gguf file or a HF folder.
+
+    cache_dir: a folder for the checkpoint cache (model/cache.py): a GGUF is converted once and read back
+    from there on later loads. None: no cache.
+    """
     source = resolve_model(name_or_path)
     if source.kind == "gguf":
-        from waferllm.model.gguf_loader import load_gguf
-
-        config, weights, tokenizer = load_gguf(source.path)
+        config, weights, tokenizer = _load_gguf_cached(source.path, cache_dir)
     else:
         from waferllm.model.hf_loader import load_hf
 
@@ -103,3 +105,20 @@ def load_model(name_or_path: str | Path):
     config = dataclasses.replace(config, name=source.name) if config.name != source.name else config
     return config, weights, tokenizer.with_eos_ids(config.eos_token_ids)
 
+
+
+def _load_gguf_cached(path: Path, cache_dir: str | Path | None):
+    """load_gguf through the checkpoint cache when one is given (a miss converts and stores)."""
+    from waferllm.model.gguf_loader import load_gguf
+
+    if cache_dir is None:
+        return load_gguf(path)
+    from waferllm.model.cache import entry_key, load_entry, store_entry
+
+    folder, key = Path(cache_dir), entry_key(path)
+    hit = load_entry(folder, key)
+    if hit is not None:
+        return hit
+    loaded = load_gguf(path)
+    store_entry(folder, key, *loaded)  # best effort: an unwritable cache only costs the next load
+    return loaded
