@@ -114,6 +114,9 @@ def test_compare_table_text(capsys):
     (["--gpu", "v100"], "known GPUs: a100-40gb, a100-80gb, h100, h200"),
     (["--gpus", "0"], "bad --gpus"),
     (["--gpus", "12"], "whole nodes"),
+    (["--gemv", "16384", "--model", "llama2-13b"], "--model does not apply to --gemv"),
+    (["--gemv", "16384", "--context", "8", "--gpus", "1"], "--context, --gpus do not apply to --gemv"),
+    (["--no-limits"], "--no-limits has no effect on `waferllm compare`"),
 ])
 def test_compare_bad_input(capsys, argv, msg):
     assert main(["compare", *argv]) == 2

@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
-import json
 
-from waferllm.cli.args import ArgError, add_device_args, device_from_args
+from waferllm.cli.args import ArgError, add_device_args, device_from_args, json_text
 from waferllm.report.tables import fmt_time, table
 
 # Grids when --grid / --prefill-grid are not given (pass the paper's 420x420 / 660x660 to reproduce its tables).
 DECODE_GRID, PREFILL_GRID = "auto", "auto"  # the autotuner's choices (fastest on the fewest wafers)
+MODEL_DEFAULTS = {"model": "llama3-8b", "prefill_grid": PREFILL_GRID, "input_len": 4096, "context": 4096,
+                  "gpus": "1,8,16"}
+MODEL_ONLY = tuple(MODEL_DEFAULTS)  # flags only the model comparison reads
 PUBLISHED_GEMV = {16384: ("gemv_16k", "gemv_16k_a100"), 32768: ("gemv_32k", "gemv_32k_a100")}
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("compare", help="wafer vs GPUs: tokens/s, speed-up and energy per token (or one GEMV)")
-    p.add_argument("--model", default="llama3-8b", help="preset, a config.json, a HF folder or a .gguf")
+    p.add_argument("--model", default=None, help="preset, a config.json, a HF folder or a .gguf (default llama3-8b)")
     add_device_args(p)
     p.add_argument("--grid", default=None, help=f"wafer decode grid (default {DECODE_GRID}: the autotuner's; "
                                                 "with --gemv the fastest GEMV grid)")
-    p.add_argument("--prefill-grid", default=PREFILL_GRID, help=f"wafer prefill grid (default {PREFILL_GRID})")
-    p.add_argument("--input-len", type=int, default=4096, help="prefill: prompt tokens")
-    p.add_argument("--context", type=int, default=4096, help="decode: tokens in the KV cache")
+    p.add_argument("--prefill-grid", default=None, help=f"wafer prefill grid (default {PREFILL_GRID})")
+    p.add_argument("--input-len", type=int, default=None, help="prefill: prompt tokens (default 4096)")
+    p.add_argument("--context", type=int, default=None, help="decode: tokens in the KV cache (default 4096)")
     p.add_argument("--gpu", default="a100-80gb", help="GPU preset: a100-40gb, a100-80gb, h100, h200")
-    p.add_argument("--gpus", default="1,8,16", help="GPU counts, comma-separated (default 1,8,16)")
+    p.add_argument("--gpus", default=None, help="GPU counts, comma-separated (default 1,8,16)")
     p.add_argument("--gemv", type=int, default=None, metavar="N",
                    help="kernel level instead: [1,N] x [N,N] fp16 GEMV, MeshGEMV vs GPU (paper Table 6)")
     p.add_argument("--json", action="store_true")
@@ -46,8 +48,20 @@ def _x(v: float) -> str:
 def run(args) -> int:
     from waferllm.perf.gpu import get_gpu
 
-    if args.gemv is not None and args.gemv < 1:
-        raise ArgError(f"--gemv must be a positive matrix size, got {args.gemv}")
+    if args.no_limits:
+        raise ArgError("--no-limits has no effect on `waferllm compare` (it reports SRAM/route excess in "
+                       "`waferllm bench gemv|gemm`)")
+    if args.gemv is not None:
+        if args.gemv < 1:
+            raise ArgError(f"--gemv must be a positive matrix size, got {args.gemv}")
+        given = [f"--{n.replace('_', '-')}" for n in MODEL_ONLY if getattr(args, n) is not None]
+        if given:
+            verb = "does" if len(given) == 1 else "do"
+            raise ArgError(f"{', '.join(given)} {verb} not apply to --gemv (one GEMV against one GPU); drop "
+                           "--gemv to compare a model")
+    for name, default in MODEL_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     gpu = get_gpu(args.gpu)
     spec = device_from_args(args)
     return _gemv(args, spec, gpu) if args.gemv is not None else _model(args, spec, gpu)
@@ -91,8 +105,8 @@ def _model(args, spec, gpu) -> int:
         r["decode_speedup"] = wafer["decode_tokens_per_s"] / r["decode_tokens_per_s"]
     eff = DEFAULT_EFFICIENCY
     if args.json:
-        print(json.dumps({"model": cfg.name, "device": spec.name, "gpu": gpu.name, "input_len": args.input_len,
-                          "context": args.context, "rows": rows, "gpu_efficiency": dict(eff.__dict__)}, indent=2))
+        print(json_text({"model": cfg.name, "device": spec.name, "gpu": gpu.name, "input_len": args.input_len,
+                         "context": args.context, "rows": rows, "gpu_efficiency": dict(eff.__dict__)}))
         return 0
     print(f"{cfg.name}: prefill {args.input_len} tokens, decode at context {args.context}, batch 1, fp16")
     print(table(["system", "prefill t/s", "decode t/s", "prefill speed-up", "decode speed-up", "prefill J/t",
@@ -144,7 +158,7 @@ def _gemv(args, spec, gpu) -> int:
         r["energy_j"] = r["time_s"] * r["power_w"] if r["power_w"] else None
         r["energy_ratio"] = r["energy_j"] / (wafer["time_s"] * spec.power_w) if r["energy_j"] else None
     if args.json:
-        print(json.dumps({"gemv": n, "device": spec.name, "gpu": gpu.name, "grid": kr.grid, "rows": rows}, indent=2))
+        print(json_text({"gemv": n, "device": spec.name, "gpu": gpu.name, "grid": kr.grid, "rows": rows}))
         return 0
     print(f"GEMV [1,{n}] x [{n},{n}], fp16: speed-up and energy ratio are the row's time / energy over the wafer's")
     print(table(["system", "time", "speed-up", "energy J", "energy ratio", "power W", "note"],

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from waferllm.cli.args import ArgError, add_device_args, device_from_args
+from waferllm.cli.args import ArgError, add_device_args, device_from_args, json_text
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("report", help="write an HTML report (paper tables, sweep, breakdown, heat map, GPUs, "
-                                      "validation) with PNG figures")
+                                      "validation: every published figure against its prediction) with PNG figures")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for index.html and the PNGs (created; "
                                                                 "only the report's own files are replaced)")
     p.add_argument("--model", default="llama3-8b", help="model of the sweep, breakdown, heat map and GPU sections")
@@ -38,6 +37,9 @@ def run(args) -> int:
     from waferllm.model import get_config
     from waferllm.report.html import FILES, build_report
 
+    from waferllm.cli.predict import no_limits_error
+
+    no_limits_error(args, "report")
     out = Path(args.out)
     _check_out(out)
     spec = device_from_args(args)
@@ -52,7 +54,7 @@ def run(args) -> int:
             raise ArgError(f"cannot write the report to {str(out)!r}: {e.strerror or e}") from None
     files = [str(out / f) for f in FILES]
     if args.json:
-        print(json.dumps(files, indent=2))
+        print(json_text(files))
         return 0
     print(f"wrote {index} and {len(files) - 1} PNGs in {time.perf_counter() - t0:.1f} s; open it in a browser:")
     print(f"  file://{index.resolve()}")

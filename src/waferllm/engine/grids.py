@@ -50,7 +50,8 @@ def parse_grid_arg(value: GridArg, what: str = "grid") -> Grid | str:
             return AUTO
         m = _RXC.fullmatch(value)
         if not m:
-            raise GridError(f"bad {what} {value!r}; expected auto or ROWSxCOLS with positive integers, "
+            also = ", none" if what == "prefill grid" else ""
+            raise GridError(f"bad {what} {value!r}; expected auto{also} or ROWSxCOLS with positive integers, "
                             "e.g. 720x720 or 3x5")
         rc = int(m.group(1)), int(m.group(2))
     else:
@@ -78,6 +79,19 @@ def check_grid(spec: DeviceSpec, grid: GridArg, what: str = "grid") -> Grid:
     return rows, cols
 
 
+def _no_prefill(prefill_grid: GridArg | None) -> bool:
+    return prefill_grid is None or (isinstance(prefill_grid, str) and prefill_grid.strip().lower() == NONE)
+
+
+def check_grid_args(spec: DeviceSpec, *, grid: GridArg = AUTO, prefill_grid: GridArg | None = AUTO) -> None:
+    """Check a run's explicit grids ('RxC', (R, C)) against the device without a model, so a bad --grid fails
+    before anything slow (loading a checkpoint); `auto` and `none` are left to resolve_grids."""
+    if parse_grid_arg(grid) != AUTO:
+        check_grid(spec, grid)
+    if not _no_prefill(prefill_grid) and parse_grid_arg(prefill_grid, "prefill grid") != AUTO:
+        check_grid(spec, prefill_grid, "prefill grid")
+
+
 def resolve_grids(spec: DeviceSpec, *, grid: GridArg = AUTO, prefill_grid: GridArg | None = AUTO,
                   auto: AutoGrids) -> Grids:
     """The decode and prefill grids of a run; `auto` means what `auto` says (see the module docstring).
@@ -86,7 +100,7 @@ def resolve_grids(spec: DeviceSpec, *, grid: GridArg = AUTO, prefill_grid: GridA
     is only consulted for the phases that ask for `auto`.
     """
     d = parse_grid_arg(grid)
-    p = None if prefill_grid is None or prefill_grid == NONE else parse_grid_arg(prefill_grid, "prefill grid")
+    p = None if _no_prefill(prefill_grid) else parse_grid_arg(prefill_grid, "prefill grid")
     decode = check_grid(spec, auto.decode() if d == AUTO else d)
     if p is None:
         return Grids(decode=decode, prefill=None)

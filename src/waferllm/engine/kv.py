@@ -96,7 +96,19 @@ def insert(policy: str, cache, new, n, p):
 
 def busiest_row(policy: str, n: int, p: int, rows: int) -> int:
     """Tokens on the fullest row after inserting token n (static ints): it sets the attention's critical path."""
-    return int(np.max(counts(policy, n + 1, p, rows, np)))
+    return fullest_row(policy, n + 1, p, rows)
+
+
+def fullest_row(policy: str, n: int, p: int, rows: int) -> int:
+    """max(counts(policy, n, p, rows)) in Python integers: exact for any n (a request's 10**30 tokens
+    included, where numpy's int64 would overflow), so capacity checks can say no instead of crashing."""
+    n, p, rows = int(n), int(p), int(rows)
+    if policy == "shift":
+        return -(-n // rows)
+    b = max(1, -(-p // rows))  # prompt_block
+    tail = (p - 1) // b if p > 0 else rows - 1
+    base_tail = min(max(p - tail * b, 0), b)
+    return max(min(max(p, 0), b), base_tail + n - p)
 
 
 def step_load(policy: str, ns, ps, rows: int) -> tuple[int, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from waferllm.model.config import ModelConfig, load_hf_config_file
 from waferllm.model.errors import ModelError
-from waferllm.model.weights import ModelWeights, build_weights
+from waferllm.model.weights import ModelWeights, build_weights, missing_tensors, short_list
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -51,7 +52,20 @@ def load_hf_weights(folder: str | Path) -> tuple[ModelConfig, ModelWeights]:
             arrays[key] = np.ascontiguousarray(array.T) if array.ndim == 2 and key != "tok_emb" else array
     if "lm_head" in arrays and config.tie_embeddings:
         del arrays["lm_head"]  # tied checkpoints may still store a copy; the embedding is the truth
+    missing = missing_tensors(config, arrays)
+    if missing:
+        raise ModelError(f"{folder}: the safetensors lack {len(missing)} tensor(s) config.json needs: "
+                         f"{short_list([hf_name(k) for k in missing])}")
     return config, build_weights(config, arrays)
+
+
+def hf_name(key: str) -> str:
+    """The Hugging Face name of a canonical tensor name: 'layers.3.wq' -> 'model.layers.3.self_attn.q_proj.weight'."""
+    for hf, ours in GLOBAL_NAMES.items():
+        if ours == key:
+            return hf
+    _, i, leaf = key.split(".", 2)
+    return f"model.layers.{i}." + next(hf for hf, ours in LAYER_NAMES.items() if ours == leaf)
 
 
 def load_hf(folder: str | Path):
@@ -88,6 +102,8 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
         header = json.loads(bytes(blob[8:8 + header_len]).decode("utf-8"))
     except (OSError, ValueError, struct.error, UnicodeDecodeError) as err:
         raise ModelError(f"{path}: not a readable safetensors file ({err})") from None
+    if not isinstance(header, dict):
+        raise ModelError(f"{path}: not a readable safetensors file (its header is not a JSON object)")
     data = blob[8 + header_len:]
     header.pop("__metadata__", None)
     return {name: _tensor(path, name, info, data) for name, info in header.items()}
@@ -95,13 +111,17 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 def _tensor(path: Path, name: str, info: dict, data: np.ndarray) -> np.ndarray:
     """One tensor from its header entry {dtype, shape, data_offsets}."""
-    dtype = SAFETENSORS_DTYPES.get(info.get("dtype"))
+    try:
+        dtype = SAFETENSORS_DTYPES.get(info.get("dtype"))
+        start, end = (int(v) for v in info["data_offsets"])
+        shape = tuple(int(v) for v in info["shape"])
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise ModelError(f"{path.name}: tensor {name} has a malformed header entry {info!r:.80}") from None
     if dtype is None:
         raise ModelError(f"{path.name}: tensor {name} has dtype {info.get('dtype')}; "
                          f"supported: {', '.join(SAFETENSORS_DTYPES)}")
-    start, end = info["data_offsets"]
-    shape = tuple(info["shape"])
-    if end > data.shape[0] or end - start != int(np.prod(shape)) * np.dtype(dtype).itemsize:
+    size = math.prod(shape) * np.dtype(dtype).itemsize
+    if not 0 <= start <= end <= data.shape[0] or min(shape, default=0) < 0 or end - start != size:
         raise ModelError(f"{path.name}: tensor {name} data is truncated or inconsistent")
     raw = np.frombuffer(data[start:end], dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
     if info["dtype"] == "BF16":

@@ -48,8 +48,9 @@ class Tokenizer:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str, *, add_special: bool = True) -> list[int]:
-        """Token ids of `text`; add_special adds BOS/EOS the way the checkpoint asks."""
-        return list(self.backend.encode(text, add_special_tokens=add_special).ids)
+        """Token ids of `text`; add_special adds BOS/EOS the way the checkpoint asks. ModelError for text the
+        tokenizer cannot take (not a string; lone surrogates, e.g. undecodable bytes from the command line)."""
+        return list(self.backend.encode(check_text(text), add_special_tokens=add_special).ids)
 
     def decode(self, ids: Sequence[int], *, skip_special: bool = False) -> str:
         """Text of `ids` (special tokens kept unless skip_special)."""
@@ -128,6 +129,19 @@ class Tokenizer:
         eos = backend.token_to_id(special["eos_token"]) if "eos_token" in special else None
         return cls(backend=backend, chat_template=_hf_chat_template(folder, tcfg), special_tokens=special,
                    bos_id=bos, eos_id=eos, eos_ids=() if eos is None else (eos,))
+
+
+def check_text(text: Any, what: str = "text") -> str:
+    """`text` unchanged when it is a str encodable as UTF-8; ModelError naming the first bad character otherwise."""
+    if not isinstance(text, str):
+        raise ModelError(f"{what} must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        bad = text[err.start]
+        raise ModelError(f"{what} is not valid Unicode: lone surrogate {bad!r} at character {err.start} "
+                         "(undecodable bytes?); give UTF-8 text") from None
+    return text
 
 
 def _byte_level_bpe(tokens: list[str], merges: list[str], types: list[int], pre: str | None):

@@ -86,6 +86,9 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 def build_weights(config: ModelConfig, arrays: dict[str, np.ndarray]) -> ModelWeights:
     """Assemble and validate ModelWeights from flat names; lm_head is tied when absent and tie_embeddings."""
     arrays = {k: np.asarray(a, dtype=np.float32) for k, a in arrays.items()}
+    missing = missing_tensors(config, arrays)
+    if missing:
+        raise ModelError(f"weights lack {len(missing)} tensor(s) the config needs: {short_list(missing)}")
     lm_head = arrays.get("lm_head")
     if lm_head is None:
         if not config.tie_embeddings:
@@ -102,6 +105,18 @@ def build_weights(config: ModelConfig, arrays: dict[str, np.ndarray]) -> ModelWe
                            final_norm=arrays["final_norm"], lm_head=lm_head)
     weights.validate(config)
     return weights
+
+
+def missing_tensors(config: ModelConfig, names) -> list[str]:
+    """Canonical names the config needs that `names` lacks, in model order (a tied lm_head is not needed)."""
+    have = set(names)
+    return [k for k in expected_shapes(config) if k not in have and not (k == "lm_head" and config.tie_embeddings)]
+
+
+def short_list(names: list[str], limit: int = 6) -> str:
+    """'a, b, c' or 'a, b, ... (N more)' for one-line messages."""
+    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 def random_weights(config: ModelConfig, *, seed: int = 0, scale: float = 0.02) -> ModelWeights:

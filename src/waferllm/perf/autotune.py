@@ -7,6 +7,7 @@ per-core work shrinks), prefill speeds up until per-step overheads win. Candidat
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -46,7 +47,18 @@ def decode_point(cfg: ModelConfig, spec: DeviceSpec, side: int, dtype: str, cont
     except (PlanError, GridError) as e:
         return Point(side=side, phase="decode", tokens_per_s=None, wafers=None, reason=str(e))
     t = step_ledger(dec, [context - 1] * batch, 0, [context - 1] * batch).time_s
+    if not _usable(t):
+        return Point(side=side, phase="decode", tokens_per_s=None, wafers=None, reason=_bad_time(side, t))
     return Point(side=side, phase="decode", tokens_per_s=batch / t, wafers=dec.plan.wafers)
+
+
+def _usable(t: float) -> bool:
+    """A step time a speed can be made of (a device with absurd figures can give 0, inf or NaN)."""
+    return math.isfinite(t) and t > 0
+
+
+def _bad_time(side: int, t: float) -> str:
+    return f"grid {side}x{side}: the cost model gave a step time of {t!r} s; check the device's figures"
 
 
 def prefill_point(cfg: ModelConfig, spec: DeviceSpec, side: int, dtype: str, input_len: int,
@@ -65,6 +77,9 @@ def prefill_point(cfg: ModelConfig, spec: DeviceSpec, side: int, dtype: str, inp
                      reason=f"prefill on {side}x{side}: one layer's weights and working tiles need "
                             f"{pre.peak_core_bytes(input_len, 64)} bytes per core, {spec.sram_bytes_per_core} available")
     led = ttft_ledger(dec, pre, input_len, wafers)
+    if not _usable(led.time_s):
+        return Point(side=side, phase="prefill", tokens_per_s=None, wafers=None,
+                     reason=_bad_time(side, led.time_s))
     return Point(side=side, phase="prefill", tokens_per_s=input_len / led.time_s, wafers=wafers)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -40,6 +41,8 @@ class DeviceSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", MappingProxyType(dict(self.sources)))
+        if not isinstance(self.name, str) or not self.name:
+            raise SpecError(f"device name must be a non-empty string, got {self.name!r}")
         for name in ("width_cores", "height_cores", "sram_bytes_per_core", "link_bits_per_cycle", "routes_per_core"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -47,12 +50,14 @@ class DeviceSpec:
         for name in ("clock_hz", "fp32_macs_per_cycle", "fp16_macs_per_cycle", "alpha_cycles_per_hop", "power_w",
                      "sram_bytes_per_cycle_per_core", "interwafer_bytes_per_s", "interwafer_latency_s"):
             if not _is_num(getattr(self, name)) or getattr(self, name) <= 0:
-                raise SpecError(f"device {self.name!r}: {name} must be a positive number, got {getattr(self, name)!r}")
+                raise SpecError(f"device {self.name!r}: {name} must be a finite positive number, "
+                                f"got {getattr(self, name)!r}")
         for name in ("beta_cycles_per_relay", "relay_cycles_per_element", "message_overhead_cycles",
                      "step_overhead_cycles", "collective_overhead_cycles", "vector_op_overhead_cycles",
                      "special_function_cycles"):
             if not _is_num(getattr(self, name)) or getattr(self, name) < 0:
-                raise SpecError(f"device {self.name!r}: {name} must be a number >= 0, got {getattr(self, name)!r}")
+                raise SpecError(f"device {self.name!r}: {name} must be a finite number >= 0, "
+                                f"got {getattr(self, name)!r}")
         if self.beta_cycles_per_relay < self.alpha_cycles_per_hop:
             raise SpecError(f"device {self.name!r}: contradictory latencies: a relay (beta_cycles_per_relay="
                             f"{self.beta_cycles_per_relay}) cannot be cheaper than one hop (alpha_cycles_per_hop="
@@ -99,7 +104,13 @@ class DeviceSpec:
 
 
 def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A real, finite number (NaN and infinity are not: every figure derived from them would be meaningless)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def field_names() -> list[str]:

@@ -137,9 +137,11 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
 
 def _read_file(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise SpecError(f"cannot read device file {str(path)!r}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"device file {str(path)!r} is not UTF-8 text; give a .json or .toml file") from None
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
@@ -154,6 +156,10 @@ def spec_from_dict(data: Mapping[str, Any], origin: str) -> DeviceSpec:
     data = dict(data)
     base_name = data.pop("base", None)
     sources = data.pop("sources", {}) or {}
+    if not isinstance(sources, Mapping) or not all(isinstance(v, str) for v in sources.values()):
+        raise SpecError(f"{origin}: \"sources\" must be an object of field name -> text")
+    if base_name is not None and not isinstance(base_name, str):
+        raise SpecError(f"{origin}: \"base\" must be a preset name ({', '.join(device_names())}), got {base_name!r}")
     for k in list(data) + list(sources):
         if k not in field_names() or k == "sources":
             raise SpecError(f"{origin}: " + unknown_field_message(k))
