@@ -1,7 +1,8 @@
-"""One server for the module: started on a free loopback port inside the test process."""
+"""Servers for the module: started on free loopback ports inside the test process, sharing one engine."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -17,28 +18,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server(engine_for):
+@contextlib.contextmanager
+def running_server(eng, config=None, *, max_batch: int = 4, max_queue: int = 16):
+    """A scheduler and uvicorn server for `eng` on a free loopback port: {'url', 'scheduler', 'engine'}."""
     import uvicorn
 
     from waferllm.engine.scheduler import Scheduler
-    from waferllm.server.app import create_app
+    from waferllm.server.app import ServerConfig, create_app
 
-    eng = engine_for("20x20")
-    sched = Scheduler(eng, max_batch=4, max_queue=16, max_tokens=eng.max_tokens)
+    sched = Scheduler(eng, max_batch=max_batch, max_queue=max_queue, max_tokens=eng.max_tokens)
     port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(sched, MODEL_ID), host="127.0.0.1", port=port,
-                                        log_level="warning"))
+    app = create_app(sched, MODEL_ID, config or ServerConfig())
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
     th = threading.Thread(target=srv.run, daemon=True)
     th.start()
     deadline = time.time() + 30
     while not srv.started and time.time() < deadline:
         time.sleep(0.05)
     assert srv.started
-    yield {"url": f"http://127.0.0.1:{port}", "scheduler": sched, "engine": eng}
-    srv.should_exit = True
-    th.join(timeout=10)
-    sched.close()
+    try:
+        yield {"url": f"http://127.0.0.1:{port}", "scheduler": sched, "engine": eng}
+    finally:
+        srv.should_exit = True
+        th.join(timeout=10)
+        sched.close()
+
+
+@pytest.fixture(scope="session")
+def server(engine_for):
+    with running_server(engine_for("20x20")) as s:
+        yield s
 
 
 @pytest.fixture(scope="session")

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 
+from waferllm import WaferError
 from waferllm.cli.args import ArgError, add_device_args, add_model_args, device_from_args, load_model_from_args
 
 DEFAULT_MAX_MODEL_LEN = 256
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+
+
+class BindError(WaferError):
+    """The server cannot listen on the address asked for."""
 
 
 def add_parser(sub) -> None:
@@ -23,25 +31,65 @@ def add_parser(sub) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (lanes)")
-    p.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering 429")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests waiting for a lane; beyond busy lanes plus this many, 429")
     p.add_argument("--max-model-len", type=int, default=DEFAULT_MAX_MODEL_LEN,
                    help="prompt + completion tokens per request")
+    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                   help="largest request body; larger ones get 413 (default 1 MiB)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes "
+                                                   "(default: $WAFERLLM_API_KEY)")
+    p.add_argument("--api-key-file", default=None, metavar="PATH", help="read the API key from a file")
+    p.add_argument("--allow-unauthenticated", action="store_true",
+                   help="serve on a non-loopback host without an API key")
     p.set_defaults(func=run)
 
 
-def build(args):
+def check_args(args, environ=os.environ) -> str | None:
+    """Validate the serving arguments before any work; returns the API key (None: none)."""
+    from waferllm.server.auth import ApiKeyError, is_loopback, resolve_api_key
+
+    for name in ("max_batch", "max_queue", "max_model_len", "max_body_bytes"):
+        if getattr(args, name) < 1:
+            raise ArgError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0 <= args.port < 65536:
+        raise ArgError(f"--port must be in 0..65535, got {args.port}")
+    try:
+        key = resolve_api_key(args.api_key, args.api_key_file, environ)
+    except ApiKeyError as e:
+        raise ArgError(str(e)) from None
+    if key is None and not is_loopback(args.host) and not args.allow_unauthenticated:
+        raise ArgError(f"--host {args.host} is reachable from other machines: give an API key (--api-key, "
+                       "--api-key-file or $WAFERLLM_API_KEY) or pass --allow-unauthenticated")
+    return key
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or BindError (before any model is loaded)."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise BindError(f"cannot resolve --host {host}: {e.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        raise BindError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def build(args, api_key: str | None = None):
     """(scheduler, app) for the parsed arguments; the model loads once, here."""
     from waferllm.engine.generate import Engine
     from waferllm.engine.grids import resolve_grids
     from waferllm.engine.placement import smallest_fit
     from waferllm.engine.scheduler import Scheduler
-    from waferllm.server.app import create_app
+    from waferllm.server.app import ServerConfig, create_app
 
-    for name in ("max_batch", "max_queue", "max_model_len"):
-        if getattr(args, name) < 1:
-            raise ArgError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if not 0 <= args.port < 65536:
-        raise ArgError(f"--port must be in 0..65535, got {args.port}")
     spec = device_from_args(args)
     cfg, weights, tok = load_model_from_args(args)
     # auto: the engine's meaning, with KV room for every lane (max-batch x max-model-len tokens)
@@ -54,19 +102,30 @@ def build(args):
         raise ArgError(f"grid {engine.plan.grid} holds {engine.plan.kv_tokens_per_row} KV slots per row: too few "
                        f"for --max-batch {args.max_batch}; use a larger --grid or a smaller --max-batch")
     sched = Scheduler(engine, max_batch=args.max_batch, max_queue=args.max_queue, max_tokens=args.max_model_len)
-    return sched, create_app(sched, args.served_model_name or args.model)
+    config = ServerConfig(max_body_bytes=args.max_body_bytes, api_key=api_key)
+    return sched, create_app(sched, args.served_model_name or args.model, config)
+
+
+def url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
 
 
 def run(args) -> int:
     import uvicorn
 
-    sched, app = build(args)
-    p = sched.engine.plan
-    print(f"waferllm: serving {sched.engine.cfg.name} on {sched.engine.spec.name}, decode grid {p.grid}, "
-          f"{args.max_batch} lanes x {sched.batch.slots} KV slots/row, http://{args.host}:{args.port}/v1",
-          file=sys.stderr, flush=True)
+    key = check_args(args)
+    sock = bind(args.host, args.port)
+    sched = None
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        sched, app = build(args, key)
+        p = sched.engine.plan
+        print(f"waferllm: serving {sched.engine.cfg.name} on {sched.engine.spec.name}, decode grid {p.grid}, "
+              f"{args.max_batch} lanes x {sched.batch.slots} KV slots/row, {url(sock)}"
+              f"{'' if key else ' (no API key)'}", file=sys.stderr, flush=True)
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     finally:
-        sched.close()
+        if sched is not None:
+            sched.close()
+        sock.close()
     return 0

@@ -2,9 +2,10 @@
 
 Between decode steps the worker admits waiting requests into free lanes (their prefill runs then, so
 prefills interleave with decode), steps every live sequence once, and hands each request its text as it
-becomes final. A cancelled request leaves the batch at the next step. The queue is bounded: submit()
-raises QueueFull instead of growing without bound. Everything here is engine-level; the HTTP server only
-calls submit() and reads events.
+becomes final (with its tokens' log-probabilities when asked). A cancelled request leaves the batch at the
+next step. Admission is bounded: submit() takes a request while a lane is free or the queue has room, and
+raises QueueFull only when every lane and the queue are taken. Everything here is engine-level; the HTTP
+server only calls submit() and reads events.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Callable, Sequence
 
 from waferllm import WaferError
 from waferllm.engine.batch import Batch
+from waferllm.engine.logprobs import LogprobHead, TokenLogprob
 from waferllm.engine.sampling import SamplingParams
 from waferllm.engine.textgen import GenerationResult, TextStream, push_token
 
@@ -35,6 +37,7 @@ class Event:
     error: str | None = None
     result: GenerationResult | None = None
     timing: object | None = None  # the request's batch.Timing (TTFT known from the first event on)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token id, when the request asked
 
 
 @dataclass(eq=False)
@@ -44,6 +47,7 @@ class Request:
     prompt_ids: list[int]
     params: SamplingParams
     listener: Callable[[Event], None]
+    logprobs: int | None = None  # None: none; else alternatives reported with each token's log-probability
     submitted_s: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
     stream: TextStream | None = None
@@ -59,9 +63,11 @@ class Scheduler:
         self.engine, self.max_batch, self.max_queue = engine, max_batch, max_queue
         max_tokens = max_tokens or engine.max_tokens
         slots = engine.slots_for(1, max_tokens - 1, max_batch)  # one lane's share, enough for max_tokens
-        self.batch = Batch(engine, max_batch, slots)
+        self.batch = _LogitsBatch(engine, max_batch, slots)
+        self.head = LogprobHead(engine.prog, engine.cfg.vocab_size)
         self.waiting: collections.deque[Request] = collections.deque()
         self.running: dict = {}  # Seq -> Request
+        self.admitting = 0  # taken off the queue, not yet in `running` (its prefill is running)
         self.cv = threading.Condition()
         self.steps = 0
         self._stop = False
@@ -74,15 +80,24 @@ class Scheduler:
         self.engine.check_capacity(len(prompt_ids), params.max_new_tokens, lanes=self.max_batch,
                                    slots=self.batch.slots)
 
-    def submit(self, prompt_ids: Sequence[int], params: SamplingParams, listener: Callable[[Event], None]) -> Request:
+    def submit(self, prompt_ids: Sequence[int], params: SamplingParams, listener: Callable[[Event], None],
+               *, logprobs: int | None = None) -> Request:
+        """Queue a request; QueueFull when every lane is taken and max_queue more requests wait."""
         self.check(prompt_ids, params)
-        req = Request(prompt_ids=list(prompt_ids), params=params, listener=listener)
+        req = Request(prompt_ids=list(prompt_ids), params=params, listener=listener, logprobs=logprobs)
         with self.cv:
-            if len(self.waiting) >= self.max_queue:
-                raise QueueFull(f"the request queue is full ({self.max_queue} waiting); retry later")
+            if len(self.waiting) >= self.max_queue + self._free_lanes():  # hung-up requests hold no place
+                self.waiting = collections.deque(r for r in self.waiting if not r.cancelled)
+            if len(self.waiting) >= self.max_queue + self._free_lanes():
+                raise QueueFull(f"all {self.max_batch} lanes are busy and {self.max_queue} requests are waiting; "
+                                "retry later")
             self.waiting.append(req)
             self.cv.notify()
         return req
+
+    def _free_lanes(self) -> int:
+        """Lanes not held by a running or admitting request (call with self.cv held)."""
+        return max(0, self.max_batch - len(self.running) - self.admitting)
 
     def close(self) -> None:
         with self.cv:
@@ -103,17 +118,20 @@ class Scheduler:
                     self.cv.wait()
                 if self._stop:
                     return
-            self._drop_cancelled()
-            self._admit()
-            if self.batch.live:
-                try:
-                    events = self.batch.step()
-                except Exception as e:  # a failed step fails its requests, never the server
-                    self._fail_all(e)
-                    continue
-                self.steps += 1
-                for seq, ev in events:
-                    self._deliver(seq, ev.token_id)
+            try:
+                self._tick()
+            except Exception as e:  # a failure fails the running requests, never the worker
+                self._fail_all(e)
+
+    def _tick(self) -> None:
+        """Drop cancelled requests, fill free lanes, then one decode step for every live sequence."""
+        self._drop_cancelled()
+        self._admit()
+        if self.batch.live:
+            events = self.batch.step()
+            self.steps += 1
+            for seq, ev in events:
+                self._deliver(seq, ev.token_id)
 
     def _admit(self) -> None:
         while self.batch.free_lanes():
@@ -121,38 +139,83 @@ class Scheduler:
                 if not self.waiting:
                     return
                 req = self.waiting.popleft()
-            if req.cancelled:
-                continue
-            req.stream = TextStream(self.engine.tokenizer, self.engine.eos_ids, req.params, req.prompt_ids)
+                self.admitting += 1
             try:
-                seq, ev = self.batch.add(req.prompt_ids, req.params, req.stream.res.timing)
-            except Exception as e:
-                req.listener(Event(done=True, error=str(e)))
-                continue
+                self._start(req)
+            finally:
+                with self.cv:
+                    self.admitting -= 1
+
+    def _start(self, req: Request) -> None:
+        """Prefill one request into a free lane and deliver its first token (or its error)."""
+        if req.cancelled:
+            return
+        req.stream = TextStream(self.engine.tokenizer, self.engine.eos_ids, req.params, req.prompt_ids)
+        try:
+            seq, ev = self.batch.add(req.prompt_ids, req.params, req.stream.res.timing)
+        except Exception as e:  # a request that fails its prefill fails alone
+            _tell(req, Event(done=True, error=str(e)))
+            return
+        with self.cv:
             self.running[seq] = req
-            self._deliver(seq, ev.token_id)
+        self._deliver(seq, ev.token_id)
 
     def _deliver(self, seq, token_id: int) -> None:
         req = self.running[seq]
+        lp = self._logprob(seq, req, token_id)
         n_before = len(req.stream.res.token_ids)
         text = push_token(self.batch, seq, req.stream, token_id)
         new_ids = req.stream.res.token_ids[n_before:]
+        lps = [lp] if lp is not None and new_ids else []
         if req.stream.done:
-            del self.running[seq]
+            with self.cv:
+                del self.running[seq]
             req.stream.res.wall_s = time.perf_counter() - req.submitted_s
-            req.listener(Event(text=text, token_ids=new_ids, done=True, result=req.stream.res,
-                               timing=req.stream.res.timing))
+            _tell(req, Event(text=text, token_ids=new_ids, done=True, result=req.stream.res,
+                             timing=req.stream.res.timing, logprobs=lps))
         elif text or new_ids:
-            req.listener(Event(text=text, token_ids=new_ids, timing=req.stream.res.timing))
+            _tell(req, Event(text=text, token_ids=new_ids, timing=req.stream.res.timing, logprobs=lps))
+
+    def _logprob(self, seq, req: Request, token_id: int) -> TokenLogprob | None:
+        """token_id's log-probability from the LM head's logits that chose it; its cost joins the token's time."""
+        if req.logprobs is None:
+            return None
+        lp = self.head.token(seq.logits_x, token_id, req.logprobs)
+        led = self.head.ledger(req.logprobs)
+        self.engine.ledger.merge(led)
+        t = seq.timing
+        if t.decode_s:
+            t.decode_s[-1] += led.time_s
+        else:
+            t.ttft_s += led.time_s
+        return lp
 
     def _drop_cancelled(self) -> None:
         for seq, req in list(self.running.items()):
             if req.cancelled:
                 self.batch.finish(seq, "cancelled")
-                del self.running[seq]
+                with self.cv:
+                    del self.running[seq]
 
     def _fail_all(self, e: Exception) -> None:
         for seq, req in list(self.running.items()):
             self.batch.finish(seq, "error")
-            req.listener(Event(done=True, error=f"decode step failed: {e}"))
-        self.running.clear()
+            _tell(req, Event(done=True, error=f"decode step failed: {e}"))
+        with self.cv:
+            self.running.clear()
+
+
+def _tell(req: Request, ev: Event) -> None:
+    """Hand an event to its listener; a listener that fails (its client is gone) cancels its request."""
+    try:
+        req.listener(ev)
+    except Exception:  # noqa: BLE001 - the worker serves everyone else
+        req.cancel()
+
+
+class _LogitsBatch(Batch):
+    """A Batch that keeps each sequence's latest logits_x, for the requests that ask for logprobs."""
+
+    def _emit(self, seq, greedy_tok: int, logits, first: bool):
+        seq.logits_x = logits
+        return super()._emit(seq, greedy_tok, logits, first)

@@ -1,205 +1,194 @@
-"""The FastAPI app: /v1/models, /v1/completions, /v1/chat/completions (SSE streaming), /health.
+"""The FastAPI app: /v1/models, /v1/completions, /v1/chat/completions (SSE streaming), /health, /metrics.
 
-It depends only on the engine interface (Scheduler.submit / check, the tokenizer, the plan's facts):
-requests become (prompt ids, SamplingParams), events come back from the scheduler's worker thread.
-Every response carries the predicted on-wafer TTFT/TPOT in a `waferllm` field and in x-waferllm-* headers.
+It depends only on the engine interface (Scheduler.submit / check / stats, the tokenizer, the plan's facts):
+a request body is read under a size limit, then parsed, validated and tokenized in a worker thread (the event
+loop never does CPU work proportional to a body), and becomes (prompt ids, SamplingParams); events come back
+from the scheduler's worker thread. Every response carries the predicted on-wafer TTFT/TPOT in a `waferllm`
+field and in x-waferllm-* headers. Every error, expected or not, is an OpenAI error body.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
+from dataclasses import dataclass
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from waferllm import WaferError
 from waferllm.engine.generate import CapacityError
-from waferllm.engine.sampling import SamplingError, SamplingParams
 from waferllm.engine.scheduler import Event, QueueFull, Scheduler
-from waferllm.server.protocol import ChatRequest, CompletionRequest, error_body
+from waferllm.server import responses as out
+from waferllm.server.auth import BearerAuth
+from waferllm.server.metrics import CONTENT_TYPE, Metrics
+from waferllm.server.prepare import Job, prepare
+from waferllm.server.protocol import ApiError, error_body
+from waferllm.server.requests import read_body
 
-DEFAULT_MAX_TOKENS = 64  # the CLI's --max-new-tokens default: same settings, same text
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
-        super().__init__(message)
-        self.status, self.body = status, error_body(message, kind, param, code)
+log = logging.getLogger("waferllm.server")
 
 
-def create_app(scheduler: Scheduler, model_id: str) -> FastAPI:
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """Limits and access: the body size limit, the API key (None: no key), the 429's Retry-After."""
+
+    max_body_bytes: int = 1 << 20
+    api_key: str | None = None
+    retry_after_s: int = 1
+
+
+def create_app(scheduler: Scheduler, model_id: str, config: ServerConfig = ServerConfig()) -> FastAPI:
     """An app serving one placed model through `scheduler` under the name `model_id`."""
     engine = scheduler.engine
     app = FastAPI(title="waferllm", version="0.1.0")
+    metrics = Metrics(model_id, scheduler.stats)
     created = int(time.time())
-
-    @app.exception_handler(ApiError)
-    async def _api_error(_req, exc: ApiError):
-        return JSONResponse(exc.body, status_code=exc.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_req, exc: RequestValidationError):
-        err = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in err.get("loc", ())[1:]) or None
-        msg = "malformed JSON body" if err.get("type") == "json_invalid" else \
-            f"{where or 'body'}: {err.get('msg', 'invalid request')}"
-        return JSONResponse(error_body(msg, param=where), status_code=400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_req, exc: StarletteHTTPException):
-        return JSONResponse(error_body(str(exc.detail), "not_found_error" if exc.status_code == 404
-                                       else "invalid_request_error"), status_code=exc.status_code)
+    _install_error_handlers(app)
+    if config.api_key:
+        app.add_middleware(BearerAuth, key=config.api_key)
 
     @app.get("/health")
     async def health():
         return {"status": "ok", **scheduler.stats()}
 
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": created,
-                                             "owned_by": "waferllm", "root": engine.cfg.name,
-                                             "max_model_len": engine.max_tokens}]}
+        card = {"id": model_id, "object": "model", "created": created, "owned_by": "waferllm",
+                "root": engine.cfg.name, "max_model_len": engine.max_tokens}
+        return {"object": "list", "data": [card]}
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request):
-        if isinstance(body.prompt, list) and len(body.prompt) != 1:
-            raise ApiError(400, "prompt must be one string (batches of prompts: send concurrent requests)", param="prompt")
-        text = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
-        ids = engine.tokenizer.encode(text)
-        return await _serve(body, ids, request, chat=False)
+    async def completions(request: Request):
+        return await _handle(request, chat=False)
 
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatRequest, request: Request):
-        msgs = [{"role": m.role, "content": m.content} for m in body.messages]
-        ids = engine.tokenizer.encode_chat(msgs)
-        return await _serve(body, ids, request, chat=True)
+    async def chat(request: Request):
+        return await _handle(request, chat=True)
 
-    async def _serve(body, ids: list[int], request: Request, chat: bool):
-        params = _params(body, model_id)
-        if not ids:
-            raise ApiError(400, "empty prompt: at least one token is needed", param="prompt")
+    async def _handle(request: Request, chat: bool):
+        raw = await read_body(request, config.max_body_bytes)
+        job = await anyio.to_thread.run_sync(prepare, raw, chat, engine, model_id)
+        return await _serve(job, request)
+
+    async def _serve(job: Job, request: Request):
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
-        try:
-            req = scheduler.submit(ids, params, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
-        except QueueFull as e:
-            raise ApiError(429, str(e), "rate_limit_error", code="queue_full") from None
-        except CapacityError as e:
-            raise ApiError(400, str(e), param="max_tokens", code="context_length_exceeded") from None
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        if body.stream:
-            first = await _next(events, request, req)
-            if first.error:
-                raise ApiError(500, first.error, "server_error")
-            return StreamingResponse(_sse(first, events, request, req, rid, chat, len(ids)),
-                                     media_type="text/event-stream", headers=_headers(first.timing, done=False))
-        text, last = "", None
-        while last is None or not last.done:
-            last = await _next(events, request, req)
-            if last.error:
-                raise ApiError(500, last.error, "server_error")
-            text += last.text
-        res = last.result
-        return JSONResponse(_full(rid, chat, model_id, text, res, len(ids)), headers=_headers(res.timing))
-
-    async def _sse(first: Event, events, request: Request, req, rid: str, chat: bool, n_prompt: int):
-        ev = first
-        try:
-            if chat:
-                yield _chunk(rid, chat, model_id, {"role": "assistant", "content": ""}, None)
-            while True:
-                if ev.error:
-                    yield f"data: {json.dumps(error_body(ev.error, 'server_error'))}\n\n"
-                    break
-                if ev.text:
-                    yield _chunk(rid, chat, model_id, {"content": ev.text} if chat else ev.text, None)
-                if ev.done:
-                    res = ev.result
-                    final = json.loads(_chunk(rid, chat, model_id, {} if chat else "", res.finish_reason)[6:])
-                    final["usage"] = _usage(n_prompt, res)
-                    final["waferllm"] = _predicted(res)
-                    yield f"data: {json.dumps(final)}\n\n"
-                    break
-                try:
-                    ev = await _next(events, request, req)
-                except ApiError:  # disconnected: _next cancelled the request
-                    return
-            yield "data: [DONE]\n\n"
-        finally:  # the client went away mid-stream (or we finished): never keep decoding for nobody
-            if not (ev.done or ev.error):
-                req.cancel()
+        req = _submit(scheduler, job, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev), config)
+        run = _Run(job, req, events, request, metrics.track(len(job.ids)),
+                   out.Logprobs(engine.tokenizer, job.chat, job.logprobs or 0) if job.logprobs is not None else None,
+                   ("chatcmpl-" if job.chat else "cmpl-") + uuid.uuid4().hex[:24], model_id)
+        if job.stream:
+            first = await run.next()
+            return StreamingResponse(run.sse(first), media_type="text/event-stream",
+                                     headers=out.timing_headers(first.timing, done=False))
+        return await run.whole()
 
     return app
 
 
-async def _next(events: asyncio.Queue, request: Request, req) -> Event:
-    """The next event for this request; a disconnected client cancels it."""
-    while True:
-        try:
-            return await asyncio.wait_for(events.get(), timeout=0.5)
-        except asyncio.TimeoutError:
-            if await request.is_disconnected():
-                req.cancel()
-                raise ApiError(499, "client disconnected") from None
-
-
-def _params(body, model_id: str) -> SamplingParams:
-    if body.model != model_id:
-        raise ApiError(404, f"model {body.model!r} does not exist; served: {model_id}", param="model",
-                       code="model_not_found")
-    if body.n != 1:
-        raise ApiError(400, f"only n = 1 is supported, got {body.n}", param="n")
-    max_new = body.max_completion_tokens or body.max_tokens
-    max_new = DEFAULT_MAX_TOKENS if max_new is None else max_new
-    if max_new <= 0:
-        raise ApiError(400, f"max_tokens must be >= 1, got {max_new}", param="max_tokens")
+def _submit(scheduler: Scheduler, job: Job, listener, config: ServerConfig):
+    """scheduler.submit, its refusals as OpenAI errors: 429 with Retry-After, 400 for a request too long."""
     try:
-        return SamplingParams(max_new_tokens=max_new, temperature=body.temperature, top_p=body.top_p,
-                              top_k=body.top_k, seed=body.seed or 0, stop=body.stops(), ignore_eos=body.ignore_eos)
-    except (SamplingError, WaferError) as e:
-        raise ApiError(400, str(e)) from None
+        return scheduler.submit(job.ids, job.params, listener, logprobs=job.logprobs)
+    except QueueFull as e:
+        raise ApiError(429, str(e), "rate_limit_error", code="queue_full",
+                       headers={"retry-after": str(config.retry_after_s)}) from None
+    except CapacityError as e:  # named after the prompt when it alone is too long
+        long_prompt = len(job.ids) >= scheduler.engine.max_tokens
+        raise ApiError(400, str(e), param=("messages" if job.chat else "prompt") if long_prompt else "max_tokens",
+                       code="context_length_exceeded") from None
 
 
-def _predicted(res) -> dict:
-    t = res.timing
-    return {"predicted_ttft_s": t.ttft_s, "predicted_tpot_s": t.tpot_s, "predicted_e2e_s": t.ttft_s + sum(t.decode_s),
-            "predicted_decode_steps": len(t.decode_s), "wall_s": res.wall_s}
+class _Run:
+    """One submitted request on its way back: events in, an OpenAI response (whole or streamed) out."""
+
+    def __init__(self, job: Job, req, events: asyncio.Queue, request: Request, timer, logprobs, rid: str,
+                 model_id: str):
+        self.job, self.req, self.events, self.request, self.timer = job, req, events, request, timer
+        self.lp, self.rid, self.model = logprobs, rid, model_id
+
+    async def next(self) -> Event:
+        """The next event; a disconnected client cancels the request; an engine error becomes a 500."""
+        while True:
+            try:
+                ev = await asyncio.wait_for(self.events.get(), timeout=0.5)
+                break
+            except asyncio.TimeoutError:
+                if await self.request.is_disconnected():
+                    self.req.cancel()
+                    raise ApiError(499, "client disconnected") from None
+        if ev.error:
+            log.error("request %s failed: %s", self.rid, ev.error)
+            raise ApiError(500, f"generation failed: {ev.error.splitlines()[0] if ev.error else ''}", "server_error")
+        self.timer.event(ev)
+        return ev
+
+    async def whole(self) -> JSONResponse:
+        text, lps, ev = "", [], None
+        while ev is None or not ev.done:
+            ev = await self.next()
+            text += ev.text
+            lps += ev.logprobs
+        res, job = ev.result, self.job
+        body = out.full(self.rid, job.chat, self.model, text, res, len(job.ids), self.lp.part(lps) if self.lp else None)
+        return JSONResponse(body, headers=out.timing_headers(res.timing))
+
+    async def sse(self, first: Event):
+        """The SSE body: a role chunk (chat), text chunks, a final chunk with usage and timings, [DONE]."""
+        ev, chat = first, self.job.chat
+        try:
+            if chat:
+                yield out.chunk(self.rid, chat, self.model, {"role": "assistant", "content": ""}, None)
+            while True:
+                lp = self.lp.part(ev.logprobs) if self.lp and ev.logprobs else None
+                if ev.text or lp:
+                    yield out.chunk(self.rid, chat, self.model, {"content": ev.text} if chat else ev.text, None, lp)
+                if ev.done:
+                    res = ev.result
+                    yield out.chunk(self.rid, chat, self.model, {} if chat else "", res.finish_reason,
+                                    extra={"usage": out.usage(len(self.job.ids), res), "waferllm": out.predicted(res)})
+                    break
+                ev = await self.next()
+            yield "data: [DONE]\n\n"
+        except ApiError as e:  # headers are gone: the error travels as the stream's last event
+            if e.status != 499:
+                yield f"data: {json.dumps(e.body)}\n\n"
+        except Exception:  # noqa: BLE001 - logged here, never a traceback to the client
+            log.exception("stream %s failed", self.rid)
+            yield f"data: {json.dumps(error_body('internal server error', 'server_error'))}\n\n"
+        finally:  # the client went away mid-stream (or we finished): never keep decoding for nobody
+            if not ev.done:
+                self.req.cancel()
 
 
-def _headers(t, done: bool = True) -> dict:
-    """Predicted timings as headers; a stream's headers leave after the first token, so only TTFT is known
-    (its final chunk's `waferllm` field carries TPOT)."""
-    h = {"x-waferllm-predicted-ttft-s": f"{t.ttft_s:.9g}"}
-    if done:
-        h["x-waferllm-predicted-tpot-s"] = f"{t.tpot_s:.9g}"
-    return h
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error as an OpenAI error body: ours, routing (404/405), and anything unexpected (500)."""
 
+    @app.exception_handler(ApiError)
+    async def _api_error(_req, exc: ApiError):
+        return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
 
-def _usage(n_prompt: int, res) -> dict:
-    n = len(res.token_ids)
-    return {"prompt_tokens": n_prompt, "completion_tokens": n, "total_tokens": n_prompt + n}
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_req, exc: RequestValidationError):
+        return JSONResponse(error_body("invalid request"), status_code=400)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req, exc: StarletteHTTPException):
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(error_body(str(exc.detail), kind), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
-def _full(rid: str, chat: bool, model: str, text: str, res, n_prompt: int) -> dict:
-    if chat:
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": res.finish_reason}
-    else:
-        choice = {"index": 0, "text": text, "finish_reason": res.finish_reason, "logprobs": None}
-    return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-            "model": model, "choices": [choice], "usage": _usage(n_prompt, res), "waferllm": _predicted(res)}
-
-
-def _chunk(rid: str, chat: bool, model: str, delta, finish: str | None) -> str:
-    if chat:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish}
-    else:
-        choice = {"index": 0, "text": delta, "finish_reason": finish, "logprobs": None}
-    obj = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": int(time.time()),
-           "model": model, "choices": [choice]}
-    return f"data: {json.dumps(obj)}\n\n"
+    @app.exception_handler(Exception)
+    async def _unexpected(_req, exc: Exception):
+        log.error("unexpected %s: %s", type(exc).__name__, exc)
+        return JSONResponse(error_body("internal server error", "server_error"), status_code=500)

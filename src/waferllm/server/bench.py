@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -83,7 +84,7 @@ async def run_bench(url: str, model: str, num_prompts: int, request_rate: float,
 
     rng = np.random.default_rng(seed)
     texts = prompts(num_prompts, seed)
-    async with httpx.AsyncClient(timeout=None) as client:
+    async with httpx.AsyncClient(timeout=None, headers=auth_headers()) as client:
         tasks = []
         t0 = time.perf_counter()
         for p in texts:
@@ -94,6 +95,12 @@ async def run_bench(url: str, model: str, num_prompts: int, request_rate: float,
                 await asyncio.sleep(float(rng.exponential(1.0 / request_rate)))
         stats = await asyncio.gather(*tasks)
         return list(stats), time.perf_counter() - t0
+
+
+def auth_headers() -> dict:
+    """`Authorization: Bearer $WAFERLLM_API_KEY` when that is set (a server started with an API key)."""
+    key = os.environ.get("WAFERLLM_API_KEY")
+    return {"authorization": f"Bearer {key}"} if key else {}
 
 
 def summarize(stats: list[RequestStats], duration_s: float) -> dict:
