@@ -28,7 +28,6 @@ def test_predict_prefill_json():
     (["--model", "llama3-8b", "--phase", "prefill", "--prefill-grid", "1000x10"],
      "prefill grid 1000x10 does not fit device wse2 (994x750 cores"),
     (["--model", "llama3-8b", "--context", "0"], "--context must be > 0"),
-    (["--model", "llama3-8b", "--context", "999999"], "beyond llama3-8b's context"),
     (["--model", "llama3-8b", "--grid", "2000x2000"], "does not fit device wse2"),
     (["--model", "llama3-8b", "--grid", "4x4"], "too small for llama3-8b"),
     (["--model", "llama3-8b", "--device", "wse9"], "known devices: wse2, wse3"),
@@ -38,6 +37,86 @@ def test_predict_bad_input(args, msg):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and msg in lines[0], res.stderr
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--phase", "prefill", "--context", "64"], "--context is the KV length of --phase decode"),
+    (["--phase", "prefill", "--output-len", "8"], "--output-len is for --phase e2e"),
+    (["--phase", "decode", "--input-len", "64"], "--input-len is the prompt of --phase prefill/e2e"),
+    (["--phase", "decode", "--output-len", "8"], "--output-len is for --phase e2e"),
+    (["--phase", "decode", "--prefill-grid", "480x480"], "--prefill-grid is unused by --phase decode"),
+    (["--phase", "e2e", "--context", "64"], "--context is the KV length of --phase decode"),
+    (["--no-limits"], "--no-limits has no effect on `waferllm predict`"),
+])
+def test_predict_refuses_flags_its_phase_ignores(args, msg, capsys):
+    """No flag is silently ignored: one that the phase does not read is one line naming the flag that would do."""
+    from waferllm.cli import main
+
+    assert main(["predict", "--model", "llama3-8b", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0], err
+
+
+def test_predict_prefill_grid_flag_sets_the_prefill_grid():
+    """--phase prefill --grid RxC prefills on RxC (the decode grid of the hand-off stays the autotuner's);
+    with --prefill-grid as well, --grid is the decode grid the KV cache and weights are handed to."""
+    from waferllm.cli import build_parser
+    from waferllm.cli.predict import resolve
+
+    def kw(*argv):
+        return resolve(build_parser().parse_args(["predict", "--model", "llama3-8b", *argv]))
+
+    k = kw("--phase", "prefill", "--grid", "480x480")
+    assert (k["grid"], k["prefill_grid"]) == ("auto", "480x480")
+    k = kw("--phase", "prefill", "--grid", "420x420", "--prefill-grid", "600x600")
+    assert (k["grid"], k["prefill_grid"]) == ("420x420", "600x600")
+    k = kw("--phase", "e2e", "--grid", "420x420")
+    assert (k["grid"], k["prefill_grid"]) == ("420x420", "auto")
+    assert (k["context"], k["input_len"], k["output_len"]) == (4096, 4096, 128)  # the defaults when not given
+    res = _run("--model", "llama3-8b", "--phase", "prefill", "--grid", "480x480", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["prefill_grid"] == "480x480"
+
+
+def test_predict_past_the_context_warns_and_costs():
+    """Llama2-13B at 4096 + 128 tokens (the paper ran it with the 4K limit removed): one warning, then the costs."""
+    res = _run("--model", "llama2-13b", "--phase", "e2e", "--input-len", "4096", "--output-len", "128",
+               "--grid", "375x375", "--prefill-grid", "750x750", "--json")
+    assert res.returncode == 0, res.stderr
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("waferllm: warning: 4224 tokens is beyond llama2-13b's context of "
+                                               "4096 tokens"), err
+    o = json.loads(res.stdout)
+    assert o["tokens_per_s"] > 0 and o["grid"] == "375x375" and o["prefill_grid"] == "750x750"
+    assert o["warnings"] == [err[0].removeprefix("waferllm: warning: ")]
+
+
+def test_llama31_presets_are_the_published_configs():
+    """The Llama 3.1 presets (Cerebras Inference comparison): sizes as published, 128K context via llama3 RoPE."""
+    from waferllm.model import get_config
+    from waferllm.model.presets import PRESETS, SOURCES
+    from waferllm.perf.predict import check_args
+
+    assert set(SOURCES) == set(PRESETS) and all(v.startswith("https://huggingface.co/") for v in SOURCES.values())
+    for name, billions in (("llama3.1-8b", 8.03), ("llama3.1-70b", 70.55), ("llama3.1-405b", 405.85)):
+        cfg = get_config(name)
+        assert cfg.param_count() / 1e9 == pytest.approx(billions, abs=0.01), name
+        rs = cfg.rope_scaling
+        assert (rs.kind, rs.factor, rs.low_freq_factor, rs.high_freq_factor, rs.original_max_position_embeddings) == \
+            ("llama3", 8.0, 1.0, 4.0, 8192)
+        assert (cfg.max_seq_len, cfg.rope_theta, cfg.n_kv_heads, cfg.vocab_size) == (131072, 500000.0, 8, 128256)
+        assert check_args(cfg, "decode", context=100_000) == []  # inside the 128K context: no warning
+    assert check_args(get_config("llama3-8b"), "decode", context=100_000)  # Llama 3 (8K) warns at the same length
+    # Llama-3.1-8B-Instruct's config.json, through the HF parser, is the preset
+    hf = {"architectures": ["LlamaForCausalLM"], "hidden_size": 4096, "intermediate_size": 14336,
+          "num_attention_heads": 32, "num_key_value_heads": 8, "num_hidden_layers": 32, "vocab_size": 128256,
+          "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "max_position_embeddings": 131072, "hidden_act": "silu",
+          "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009], "tie_word_embeddings": False,
+          "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                           "original_max_position_embeddings": 8192, "rope_type": "llama3"}}
+    from waferllm.model import ModelConfig
+
+    assert ModelConfig.from_hf_config(hf, name="llama3.1-8b") == get_config("llama3.1-8b")
 
 
 def test_predict_e2e_batch_json():

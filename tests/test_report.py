@@ -36,6 +36,17 @@ def test_sweep_json_sorted_with_best(capsys):
     assert b["wafers"] == fewest and b["tokens_per_s"] == max(p["tokens_per_s"] for p in ok if p["wafers"] == fewest)
 
 
+def test_sweep_past_the_context_warns_and_sweeps(capsys):
+    """A cache past the model's context is one warning line on stderr; the sweep still runs (shape-only)."""
+    rc, out, err = _run(capsys, "sweep", "--model", "llama2-13b", "--phase", "decode", "--context", "5000", "--sides",
+                        "480", "--json")
+    assert rc == 0, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "warning: 5000 tokens is beyond llama2-13b's context of 4096" in lines[0], err
+    (res,) = json.loads(out)["results"]
+    assert res["points"][0]["tokens_per_s"] > 0
+
+
 def test_sweep_table_and_plot(capsys, tmp_path):
     png = tmp_path / "sweep.png"
     rc, out, err = _run(capsys, "sweep", "--model", "llama3-8b,codellama-34b", "--phase", "decode", "--sides",
@@ -111,6 +122,10 @@ def test_report_files_and_html(report_dir):
                     "Bytes per core over the wafer", "Wafer vs GPUs", "Validation"):
         assert section in text, section
     assert "qwen2-72b" in text and "gemv_16k" in text
+    assert "validation.png" in page.imgs  # predicted against published, every numeric row
+    for row in ("prefill_llama3_8b_t10_480", "e2e_llama3_8b_ladder_4096_4096", "kv_capacity_llama3_8b_shift",
+                "e2e_llama3_8b_sglang_2x8xA100_2048_128", "median |error|"):
+        assert row in text, row
     assert not list(report_dir.parent.glob(".waferllm-report-*"))  # the temporary folder is gone
 
 
@@ -139,7 +154,12 @@ def test_report_renders_in_headless_chromium(report_dir, tmp_path):
     (["report", "--out", "OUT", "--model", "foo"], "unknown model 'foo'"),
     (["sweep", "--sides", "0,x"], "bad --sides"),
     (["sweep", "--phase", "e2e"], "invalid choice"),
-    (["sweep", "--model", "llama2-13b", "--context", "5000"], "beyond llama2-13b's context"),
+    (["sweep", "--phase", "prefill", "--context", "5000"], "--context is the KV length of the decode sweep"),
+    (["sweep", "--phase", "decode", "--input-len", "5000"], "--input-len is the prompt of the prefill sweep"),
+    (["sweep", "--paper", "--sides", "480"], "--sides has no effect with --paper"),
+    (["sweep", "--paper", "--phase", "decode"], "--phase has no effect with --paper"),
+    (["sweep", "--no-limits"], "--no-limits has no effect on `waferllm sweep`"),
+    (["report", "--out", "OUT", "--no-limits"], "--no-limits has no effect on `waferllm report`"),
     (["sweep", "--plot", "/nonexistent-dir/x.png"], "does not exist"),
     (["report", "--out", "FILE"], "exists and is not a folder"),
 ])

@@ -10,7 +10,7 @@ from waferllm.model import PRESETS, ModelConfig, ModelError, RopeScaling, get_co
 
 # Published parameter counts (billions) of each preset's checkpoint.
 PUBLISHED_B = {"llama3-8b": 8.03, "llama2-13b": 13.02, "codellama-34b": 33.74, "qwen2-72b": 72.71,
-               "smollm2-135m": 0.1345}
+               "smollm2-135m": 0.1345, "llama3.1-8b": 8.03, "llama3.1-70b": 70.55, "llama3.1-405b": 405.85}
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

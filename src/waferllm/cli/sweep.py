@@ -3,15 +3,22 @@ or with --paper the paper-style tables for the four presets (predict() at the pa
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from waferllm.cli.args import ArgError, add_device_args, device_from_args
+from waferllm.cli.args import ArgError, add_device_args, device_from_args, json_text
 from waferllm.report.tables import fmt_bytes, fmt_time, table
 
 DEFAULT_MODEL = "llama3-8b"
+LENGTHS = {"context": 4096, "input_len": 4096}  # defaults of --context / --input-len (None: not given)
+UNUSED = {"decode": {"input_len": "--input-len is the prompt of the prefill sweep; --phase decode sweeps at --context "
+                                  "tokens"},
+          "prefill": {"context": "--context is the KV length of the decode sweep; --phase prefill sweeps a prompt of "
+                                 "--input-len tokens"},
+          "paper": {"phase": "--phase has no effect with --paper: its tables have prefill, decode and e2e",
+                    "sides": "--sides has no effect with --paper: it uses the paper's grids (prefill 480/600/720, "
+                             "decode 420/540/660)"}}
 
 
 def add_parser(sub) -> None:
@@ -19,11 +26,15 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default=None, help=f"comma-separated presets or config files (default {DEFAULT_MODEL}; "
                                                  "with --paper the four paper presets)")
     add_device_args(p)
-    p.add_argument("--phase", default="all", choices=["prefill", "decode", "all"])
-    p.add_argument("--sides", default="auto", help="'auto' (60..wafer side, step 60) or comma-separated grid sides")
+    p.add_argument("--phase", default=None, choices=["prefill", "decode", "all"], help="default all (not with --paper: "
+                                                                                      "its tables have every phase)")
+    p.add_argument("--sides", default=None, help="'auto' (60..wafer side, step 60; the default) or comma-separated "
+                                                 "grid sides (not with --paper: it uses the paper's grids)")
     p.add_argument("--dtype", default="float16", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--context", type=int, default=4096, help="decode: tokens in the KV cache (batch 1)")
-    p.add_argument("--input-len", type=int, default=4096, help="prefill: prompt tokens")
+    p.add_argument("--context", type=int, default=None, help=f"decode: tokens in the KV cache, batch 1 (default "
+                                                             f"{LENGTHS['context']})")
+    p.add_argument("--input-len", type=int, default=None, help=f"prefill: prompt tokens (default "
+                                                               f"{LENGTHS['input_len']})")
     p.add_argument("--plot", metavar="PNG", help="also plot tokens/s against grid side, one line per model and phase")
     p.add_argument("--paper", action="store_true", help="the paper's tables: prefill 480/600/720, decode 420/540/660, "
                                                         "e2e, for llama3-8b, llama2-13b, codellama-34b, qwen2-72b")
@@ -52,22 +63,28 @@ def _check_plot(path: str | None) -> None:
 
 
 def run(args) -> int:
+    from waferllm.cli.predict import no_limits_error, unused, warn
     from waferllm.model import get_config
+    from waferllm.perf.predict import check_args
 
+    no_limits_error(args, "sweep")
+    unused(args, "paper" if args.paper else (args.phase or "all"), UNUSED)
+    for k, v in LENGTHS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
     spec = device_from_args(args)
     _check_plot(args.plot)
     if args.paper:
         return run_paper(args, spec)
-    from waferllm.perf.predict import check_args
-
     cfgs = [get_config(m.strip()) for m in (args.model or DEFAULT_MODEL).split(",") if m.strip()]
     if not cfgs:
         raise ArgError("--model is empty")
-    phases = ["prefill", "decode"] if args.phase == "all" else [args.phase]
-    for cfg in cfgs:  # the same one-line errors as `waferllm predict`, before any work
+    phases = ["prefill", "decode"] if args.phase in (None, "all") else [args.phase]
+    for cfg in cfgs:  # the same one-line errors (and context warnings) as `waferllm predict`, before any work
         for ph in phases:
-            check_args(cfg, ph, **({"context": args.context} if ph == "decode" else {"input_len": args.input_len}))
-    sides = parse_sides(args.sides, spec)
+            n = {"context": args.context} if ph == "decode" else {"input_len": args.input_len}
+            warn(check_args(cfg, ph, **n))
+    sides = parse_sides(args.sides or "auto", spec)
     t0 = time.perf_counter()
     results = sweep_models(cfgs, spec, phases, sides, args.dtype, args.context, args.input_len, quiet=args.json)
     wall = time.perf_counter() - t0
@@ -78,10 +95,10 @@ def run(args) -> int:
                        title=f"tokens/s against grid side on {spec.name} ({args.dtype})",
                        best={f"{r['model']} {r['phase']}": r["best"] for r in results})
     if args.json:
-        print(json.dumps({"device": spec.name, "dtype": args.dtype, "context": args.context, "batch": 1,
+        print(json_text({"device": spec.name, "dtype": args.dtype, "context": args.context, "batch": 1,
                           "input_len": args.input_len, "wall_s": wall,
                           "results": [dict(r, points=[dict(asdict(p), best=p.side == r["best"]) for p in r["points"]])
-                                      for r in results]}, indent=2))
+                                      for r in results]}))
         return 0
     rows = []
     for r in results:
@@ -137,9 +154,17 @@ def run_paper(args, spec) -> int:
     """Prefill at 480/600/720 and decode at 420/540/660 (predict()), then e2e at each model's tuned grids."""
     from rich.progress import Progress
 
+    from waferllm.cli.predict import warn
+    from waferllm.model import get_config
+    from waferllm.perf.predict import check_args
     from waferllm.report.html import E2E_INPUT, E2E_OUTPUT, PAPER_MODELS, paper_tables
 
     models = [m.strip() for m in args.model.split(",") if m.strip()] if args.model else list(PAPER_MODELS)
+    for m in models:  # unknown names fail here in one line; lengths past a model's context are warnings
+        cfg = get_config(m)
+        for ph, n in (("prefill", {"input_len": args.input_len}), ("decode", {"context": args.context}),
+                      ("e2e", {"input_len": E2E_INPUT, "output_len": E2E_OUTPUT})):
+            warn(check_args(cfg, ph, **n))
     t0 = time.perf_counter()
     with Progress(transient=True, disable=args.json) as prog:
         task = prog.add_task("paper tables", total=1)
@@ -151,7 +176,7 @@ def run_paper(args, spec) -> int:
 
         tokens_vs_grid(_paper_points(pt), args.plot, title=f"paper grids on {spec.name} ({args.dtype})")
     if args.json:
-        print(json.dumps(pt, indent=2))
+        print(json_text(pt))
         return 0
     for phase, what in (("prefill", f"prefill of {args.input_len} tokens"),
                         ("decode", f"decode at context {args.context}, batch 1")):

@@ -1,8 +1,14 @@
-"""Built-in model configs (no weights): the public config.json numbers of each checkpoint."""
+"""Built-in model configs (no weights): the public config.json numbers of each checkpoint.
+
+Every number of a preset is that checkpoint's Hugging Face config.json (SOURCES names the file); the
+comment above each preset notes anything chosen among its variants (base or Instruct: same shapes).
+"""
 
 from __future__ import annotations
 
-from waferllm.model.config import ModelConfig
+from waferllm.model.config import ModelConfig, RopeScaling
+
+HF = "https://huggingface.co/{}/blob/main/config.json"
 
 # Meta-Llama-3-8B(-Instruct): eos 128001 <|end_of_text|>, 128009 <|eot_id|>.
 LLAMA3_8B = ModelConfig(
@@ -39,6 +45,43 @@ SMOLLM2_135M = ModelConfig(
     bos_token_id=1, eos_token_ids=(2,),
 )
 
+# Llama 3.1 (the models of the public Cerebras Inference figures, docs/cerebras-inference.md): 128K context
+# through 'llama3' RoPE scaling (factor 8, low/high frequency factors 1/4, 8192 original positions); eos as
+# the Instruct checkpoints list them (128001 <|end_of_text|>, 128008 <|eom_id|>, 128009 <|eot_id|>).
+LLAMA31_ROPE = RopeScaling(kind="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                           original_max_position_embeddings=8192)
+
+LLAMA31_8B = ModelConfig(
+    name="llama3.1-8b", arch="llama", vocab_size=128256, dim=4096, n_layers=32, n_heads=32, n_kv_heads=8,
+    head_dim=128, ffn_dim=14336, norm_eps=1e-5, rope_theta=500000.0, rope_scaling=LLAMA31_ROPE,
+    max_seq_len=131072, bos_token_id=128000, eos_token_ids=(128001, 128008, 128009),
+)
+
+LLAMA31_70B = ModelConfig(
+    name="llama3.1-70b", arch="llama", vocab_size=128256, dim=8192, n_layers=80, n_heads=64, n_kv_heads=8,
+    head_dim=128, ffn_dim=28672, norm_eps=1e-5, rope_theta=500000.0, rope_scaling=LLAMA31_ROPE,
+    max_seq_len=131072, bos_token_id=128000, eos_token_ids=(128001, 128008, 128009),
+)
+
+LLAMA31_405B = ModelConfig(
+    name="llama3.1-405b", arch="llama", vocab_size=128256, dim=16384, n_layers=126, n_heads=128, n_kv_heads=8,
+    head_dim=128, ffn_dim=53248, norm_eps=1e-5, rope_theta=500000.0, rope_scaling=LLAMA31_ROPE,
+    max_seq_len=131072, bos_token_id=128000, eos_token_ids=(128001, 128008, 128009),
+)
+
 PRESETS: dict[str, ModelConfig] = {
-    c.name: c for c in (LLAMA3_8B, LLAMA2_13B, CODELLAMA_34B, QWEN2_72B, SMOLLM2_135M)
+    c.name: c for c in (LLAMA3_8B, LLAMA2_13B, CODELLAMA_34B, QWEN2_72B, SMOLLM2_135M, LLAMA31_8B, LLAMA31_70B,
+                        LLAMA31_405B)
+}
+
+# Where each preset's numbers come from (one config.json per preset).
+SOURCES: dict[str, str] = {
+    "llama3-8b": HF.format("meta-llama/Meta-Llama-3-8B-Instruct"),
+    "llama2-13b": HF.format("meta-llama/Llama-2-13b-hf"),
+    "codellama-34b": HF.format("codellama/CodeLlama-34b-hf"),
+    "qwen2-72b": HF.format("Qwen/Qwen2-72B-Instruct"),
+    "smollm2-135m": HF.format("HuggingFaceTB/SmolLM2-135M-Instruct") + " (the bundled GGUF carries the same numbers)",
+    "llama3.1-8b": HF.format("meta-llama/Llama-3.1-8B-Instruct"),
+    "llama3.1-70b": HF.format("meta-llama/Llama-3.1-70B-Instruct"),
+    "llama3.1-405b": HF.format("meta-llama/Llama-3.1-405B-Instruct"),
 }

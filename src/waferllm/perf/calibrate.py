@@ -1,4 +1,5 @@
-"""Calibration targets from calibration.json, the fit of the latency constants, and validation rows.
+"""Calibration targets from calibration.json and the fit of the latency constants (the validation of every
+figure, fitted or not, is perf/validation.py).
 
 Only the figures in perf/data/calibration.json (a copy of the project's reference file) are used; the
 paper's other published numbers are a blind test and never appear here.
@@ -47,11 +48,15 @@ class Target:
     predict: Callable[[DeviceSpec], float]
     check: str  # 'within10' | '>=X' | '<X'
     unit: str = ""
+    table: str = ""  # the paper's table (or section) the figure is from: validation groups rows by it
+    system: str = "WaferLLM"  # whose figure: WaferLLM, T10, Ladder, SGLang, A100
+    figure: str = ""  # the calibration.json id it comes from (default: id)
 
     def evaluate(self, spec: DeviceSpec) -> dict:
         pred = self.predict(spec)
-        row = {"id": self.id, "what": self.what, "published": self.published, "predicted": pred,
-               "unit": self.unit, "target": self.check}
+        row = {"id": self.id, "table": self.table, "system": self.system, "figure": self.figure or self.id,
+               "what": self.what, "published": self.published, "predicted": pred, "unit": self.unit,
+               "target": self.check}
         if self.check == "within10":
             err = (pred - float(self.published)) / float(self.published)
             row.update(rel_error=err, ok=abs(err) <= 0.10)
@@ -80,29 +85,36 @@ def _eff(spec, algo, n) -> float:
     return run_kernel(spec, "gemm", algo, GRID_720, (n, n, n), "float16", limits=False).compute_efficiency
 
 
+KERNEL_CLAIMS = "kernel claims (s7.2-7.3)"
+
+
 def kernel_targets() -> list[Target]:
     """The kernel-level figures of calibration.json, evaluated at WSE-2 720x720 in fp16."""
     t = []
     for fid, n in (("gemv_16k", 16384), ("gemv_32k", 32768)):
         f = figure(fid)
         t.append(Target(id=fid, what=f["what"] + " (fastest grid 360..720)", published=f["value"], unit="s",
-                        check="within10", predict=lambda s, n=n: best_gemv(s, n)[0]))
+                        check="within10", predict=lambda s, n=n: best_gemv(s, n)[0], table="Table 6 GEMV"))
     for n in (2048, 8192, 16384):
         t.append(Target(id=f"meshgemv_vs_pipeline_{n // 1024}k", what=f"pipeline / MeshGEMV time, GEMV {n // 1024}K",
                         published=figure("meshgemv_vs_pipeline")["value"], unit="x", check=">=4",
+                        table=KERNEL_CLAIMS, figure="meshgemv_vs_pipeline",
                         predict=lambda s, n=n: _cycles(s, "gemv", "pipeline", (n, n)) /
                         _cycles(s, "gemv", "meshgemv", (n, n))))
     for base in ("summa", "cannon"):
         t.append(Target(id=f"meshgemm_vs_{base}_2k", what=f"{base} / MeshGEMM time, GEMM 2K",
                         published=figure("meshgemm_vs_summa_cannon")["value"], unit="x", check=">=2",
+                        table=KERNEL_CLAIMS, figure="meshgemm_vs_summa_cannon",
                         predict=lambda s, b=base: _cycles(s, "gemm", b, (2048,) * 3) /
                         _cycles(s, "gemm", "meshgemm", (2048,) * 3)))
     t.append(Target(id="meshgemm_efficiency_8k", what="MeshGEMM compute efficiency, GEMM 8K",
-                    published=figure("meshgemm_efficiency")["value"], check=">=0.70",
+                    published=figure("meshgemm_efficiency")["value"], check=">=0.70", table=KERNEL_CLAIMS,
+                    figure="meshgemm_efficiency",
                     predict=lambda s: _eff(s, "meshgemm", 8192)))
     for base in ("summa", "cannon"):
         t.append(Target(id=f"{base}_efficiency_8k", what=f"{base} compute efficiency, GEMM 8K",
                         published=figure("summa_cannon_efficiency_720")["value"], check="<0.50",
+                        table=KERNEL_CLAIMS, figure="summa_cannon_efficiency_720",
                         predict=lambda s, b=base: _eff(s, b, 8192)))
     return t
 
@@ -119,17 +131,14 @@ def llama_targets() -> list[Target]:
     for g in (420, 540, 660):
         f = figure(f"decode_llama3_8b_{g}")
         t.append(Target(id=f["id"], what=f"decode tokens/s, Llama3-8B, 4K context, {g}x{g}", published=f["value"],
-                        unit="tok/s", check="within10", predict=lambda s, g=g: paper_decode_tps(s, "llama3-8b", g)))
+                        unit="tok/s", check="within10", predict=lambda s, g=g: paper_decode_tps(s, "llama3-8b", g),
+                        table="Table 4 decode"))
     for g in (480, 600, 720):
         f = figure(f"prefill_llama3_8b_{g}")
         t.append(Target(id=f["id"], what=f"prefill tokens/s, Llama3-8B, 4096 tokens, {g}x{g}", published=f["value"],
-                        unit="tok/s", check="within10", predict=lambda s, g=g: paper_prefill_tps(s, "llama3-8b", g)))
+                        unit="tok/s", check="within10", predict=lambda s, g=g: paper_prefill_tps(s, "llama3-8b", g),
+                        table="Table 3 prefill"))
     return t
-
-
-def validate_rows(spec: DeviceSpec, extra: list[Target] | None = None) -> list[dict]:
-    """Every covered calibration figure beside the model's prediction."""
-    return [t.evaluate(spec) for t in kernel_targets() + llama_targets() + list(extra or [])]
 
 
 # --- the joint fit ----------------------------------------------------------------------------------

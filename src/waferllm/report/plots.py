@@ -12,6 +12,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 DPI = 110
 COMPUTE, COMM = "#3b75af", "#ef8636"
@@ -158,4 +159,50 @@ def wafer_vs_gpus(rows: Sequence[Mapping], path, title: str = "") -> Path:
     ax.grid(alpha=0.3, axis="y", which="both")
     ax.legend(fontsize=8)
     ax.set_title(title or "wafer vs GPUs (predicted)", fontsize=10)
+    return _save(fig, path)
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+BAND = 0.10  # validation target: within 10% of the published figure
+
+
+def validation_scatter(rows: Sequence[Mapping], path, title: str = "") -> Path:
+    """Predicted against published for every numeric validation row (perf/validation.py): a log-log scatter with
+    the y = x line and a +-10% band (marker: the paper's table; colour: the system), and beside it each row's
+    predicted / published ratio, so that rows of different units (seconds, tokens/s, tokens) all read."""
+    pts = [r for r in rows if not isinstance(r["published"], str) and r["published"] > 0 and r["predicted"] > 0]
+    tables = list(dict.fromkeys(r["table"] for r in pts))
+    systems = list(dict.fromkeys(r["system"] for r in pts))
+    colour = {s: f"C{i % 10}" for i, s in enumerate(systems)}
+    marker = {t: MARKERS[i % len(MARKERS)] for i, t in enumerate(tables)}
+    fig = Figure(figsize=(12, 5.2))
+    ax, rx = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.25]})
+    if pts:
+        lo = min(min(r["published"], r["predicted"]) for r in pts) / 3
+        hi = max(max(r["published"], r["predicted"]) for r in pts) * 3
+        xs = np.geomspace(lo, hi, 50)
+        ax.fill_between(xs, xs * (1 - BAND), xs * (1 + BAND), color="#9c9", alpha=0.5, lw=0, label="within 10%")
+        ax.plot(xs, xs, color="black", lw=0.8, label="y = x")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+    for i, r in enumerate(pts):
+        style = dict(marker=marker[r["table"]], color=colour[r["system"]], ms=6, ls="none", mec="black", mew=0.4)
+        ax.plot([r["published"]], [r["predicted"]], **style)
+        rx.plot([i], [r["predicted"] / r["published"]], **style)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("published (the row's unit: s, tokens/s or tokens)")
+    ax.set_ylabel("predicted (same unit)")
+    ax.grid(alpha=0.3, which="major")
+    ax.set_title(title or "predicted against published", fontsize=10)
+    rx.axhspan(1 - BAND, 1 + BAND, color="#9c9", alpha=0.5, lw=0)
+    rx.axhline(1.0, color="black", lw=0.8)
+    rx.set_yscale("log")
+    rx.set_xticks(range(len(pts)), [r["id"] for r in pts], rotation=90, fontsize=5)
+    rx.set_ylabel("predicted / published")
+    rx.grid(alpha=0.3, axis="y", which="major")
+    rx.set_title("each row (band: within 10%)", fontsize=10)
+    handles = [Line2D([], [], marker=marker[t], color="grey", ls="none", mec="black", mew=0.4, label=t) for t in tables]
+    handles += [Line2D([], [], marker="o", color=colour[s], ls="none", label=s) for s in systems]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", ncol=2)
     return _save(fig, path)
