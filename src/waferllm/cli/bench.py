@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 
-from waferllm.cli.args import add_device_args, device_from_args
+from waferllm.cli.args import ArgError, add_device_args, device_from_args, flags_given, json_text
 from waferllm.machine import parse_grid
 from waferllm.perf.kernel_bench import algos_for, parse_shape, run_kernel, speedups, sweep_sides
 from waferllm.report.tables import fmt_bytes, fmt_time, table
@@ -22,6 +21,9 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", default="float16", help="float16 | bfloat16 | float32")
     p.add_argument("--json", action="store_true", help="print a JSON array, one object per algorithm")
     p.add_argument("--plot", metavar="PNG", help="also plot latency against grid side for each algorithm")
+    p.add_argument("--fabric", choices=["analytic", "events"], default="analytic",
+                   help="cost model: analytic (the PLMR ledger) or events (the event-level fabric replaying the same "
+                        "program's schedule, docs/fabric-model.md; grids up to 128x128); --json keys are the same")
     s = p.add_argument_group("bench serve (against a running `waferllm serve`)")
     s.add_argument("--base-url", default="http://127.0.0.1:8000", help="server address")
     s.add_argument("--model", default=None, help="model id (default: the server's first model)")
@@ -32,7 +34,18 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+# flags only one mode reads: given to the other they would be silently ignored
+KERNEL_ONLY = ("--device", "--set", "--no-limits", "--grid", "--shape", "--algo", "--dtype", "--plot", "--fabric")
+SERVE_ONLY = ("--base-url", "--model", "--num-prompts", "--request-rate", "--max-tokens", "--seed")
+
+
 def run(args) -> int:
+    wrong = [f for f in (KERNEL_ONLY if args.kernel == "serve" else SERVE_ONLY) if f in flags_given(args)]
+    if wrong:
+        verb = "does" if len(wrong) == 1 else "do"
+        other = "gemv|gemm" if args.kernel == "serve" else "serve"
+        raise ArgError(f"{', '.join(wrong)} {verb} not apply to `waferllm bench {args.kernel}` (only to `waferllm "
+                       f"bench {other}`)")
     if args.kernel == "serve":
         return run_serve(args)
     spec = device_from_args(args)
@@ -45,12 +58,12 @@ def run(args) -> int:
     from waferllm.machine import Mesh
 
     Mesh(spec, *grid)  # validates the grid against the device before any work
-    results = [run_kernel(spec, args.kernel, a, grid, shape, args.dtype, limits=not args.no_limits) for a in algos]
+    results = _results(args, spec, algos, grid, shape)
     ups = speedups(results)
     if args.plot:
         _plot(args.plot, spec, args.kernel, algos, grid, shape, args.dtype, quiet=args.json)
     if args.json:
-        print(json.dumps([dict(r.to_dict(), speedup=u) for r, u in zip(results, ups)], indent=2))
+        print(json_text([dict(r.to_dict(), speedup=u, fabric=args.fabric) for r, u in zip(results, ups)]))
         return 0
     rows = [[r.algo, r.grid, r.shape, f"{r.cycles:,.0f}", fmt_time(r.time_s),
              f"{100 * r.compute_cycles / r.cycles:.1f}%", f"{100 * r.comm_cycles / r.cycles:.1f}%",
@@ -58,11 +71,27 @@ def run(args) -> int:
             for r, u in zip(results, ups)]
     print(table(["algorithm", "grid", "shape", "cycles", "time", "compute %", "comm %", "compute eff",
                  "peak/core", "routes/core", f"speed-up vs {algos[0]}"], rows))
-    print(f"device {spec.name}, {args.dtype}, clock {spec.clock_hz / 1e9:.2f} GHz")
+    print(f"device {spec.name}, {args.dtype}, clock {spec.clock_hz / 1e9:.2f} GHz, cost model: {args.fabric}")
     for r in results:
         for e in r.excess:
             print(f"  over limit ({r.algo}): {e}")
     return 0
+
+
+def _results(args, spec, algos, grid, shape) -> list:
+    """Each algorithm's KernelResult from the chosen cost model (a progress bar for the event-level fabric)."""
+    from rich.progress import Progress
+
+    from waferllm.perf.fabric_check import check_grid, run_kernel_fabric
+
+    if args.fabric == "analytic":
+        return [run_kernel(spec, args.kernel, a, grid, shape, args.dtype, limits=not args.no_limits) for a in algos]
+    check_grid(grid)
+    with Progress(transient=True, disable=args.json) as prog:
+        tasks = {a: prog.add_task(f"{a}: event-level fabric", total=None) for a in algos}
+        return [run_kernel_fabric(spec, args.kernel, a, grid, shape, args.dtype, not args.no_limits, "events",
+                                  progress=lambda d, t, a=a: prog.update(tasks[a], completed=d, total=t))
+                for a in algos]
 
 
 def _plot(path, spec, kernel, algos, grid, shape, dtype, quiet) -> None:
@@ -102,14 +131,13 @@ def run_serve(args) -> int:
     import httpx
     from rich.progress import Progress
 
-    from waferllm.cli.args import ArgError
-    from waferllm.server.bench import run_bench, summarize
+    from waferllm.server.bench import auth_headers, run_bench, summarize
 
     if args.num_prompts < 1 or args.max_tokens < 1 or not args.request_rate > 0:
         raise ArgError("--num-prompts and --max-tokens must be >= 1 and --request-rate > 0")
     url = args.base_url.rstrip("/")
     try:
-        models = httpx.get(url + "/v1/models", timeout=10).json()["data"]
+        models = httpx.get(url + "/v1/models", headers=auth_headers(), timeout=10).json()["data"]
     except (httpx.HTTPError, ValueError, KeyError) as e:
         raise ArgError(f"no waferllm server at {url} ({type(e).__name__}); start one with `waferllm serve`") from None
     model = args.model or models[0]["id"]
@@ -121,7 +149,7 @@ def run_serve(args) -> int:
     res["predicted_decode_tokens_per_s"] = httpx.get(url + "/health", timeout=10).json().get(
         "predicted_decode_tokens_per_s", 0.0)
     if args.json:
-        print(json.dumps(res, indent=2))
+        print(json_text(res))
         return 0 if res["completed"] else 1
     print(f"{res['completed']} of {args.num_prompts} requests in {res['duration_s']:.2f} s; request throughput "
           f"{res['request_throughput']:.2f} req/s, output throughput {res['output_throughput']:.1f} tok/s (wall); "

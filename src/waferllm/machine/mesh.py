@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from waferllm import WaferError
+import waferllm.machine.schedule as sched_mod
 from waferllm.machine.ledger import Ledger
 from waferllm.spec.device import DeviceSpec
 
@@ -54,6 +55,28 @@ class _Step:
     hops: float = 0.0
     stages: float = 0.0
     extra_overhead: float = 0.0
+    records: list = field(default_factory=list)  # what the step sent (machine/schedule.py)
+    ramp: float = 0.0  # cycles of payload through every core's ramp, summed over the step's transfers
+    ramp_lines: dict = field(default_factory=dict)  # axis -> per-line ramp cycles of transfers on some lines
+    latency: float = 0.0  # the longest transfer's cycles apart from its payload
+
+    @property
+    def busy(self) -> float:
+        """Transfers on different links overlap, but each passes its cores' ramps: their payloads queue there
+        (on the busiest core: a row's load plus a column's)."""
+        lines = sum(float(np.max(v)) for v in self.ramp_lines.values())
+        return max(self.comm, self.latency + self.ramp + lines) if self.ramp or lines else self.comm
+
+    def add_ramp(self, cycles: float, ramp: float, lines: tuple[str, np.ndarray] | None) -> None:
+        if ramp <= 0:
+            return
+        self.latency = max(self.latency, cycles - ramp)
+        if lines is None:
+            self.ramp += ramp
+        else:
+            axis, mask = lines
+            acc = self.ramp_lines.setdefault(axis, np.zeros(len(mask)))
+            acc += ramp * np.asarray(mask, bool)
 
 
 STRATEGIES = ("waferllm", "t10", "ladder")
@@ -77,6 +100,8 @@ class Mesh:
     _routes: list[tuple[str, int]] = field(default_factory=list)
     _times: int = 1  # multiplier for charges inside a repeat()'s first iteration
     _mute: bool = False  # later iterations of a repeat() charge nothing
+    _sched: sched_mod.Schedule | None = field(default=None, repr=False, compare=False)  # recorder, if any
+    last_step_slack: float = field(default=0.0, repr=False, compare=False)  # cycles a step runs past its compute
 
     def __post_init__(self) -> None:
         if self.rows < 1 or self.cols < 1:
@@ -88,6 +113,17 @@ class Mesh:
             raise GridError(f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
         if self.ledger is None:
             self.ledger = Ledger(clock_hz=self.spec.clock_hz)
+        if self._sched is None:
+            self._sched = sched_mod.capturing(self.rows, self.cols)
+
+    @contextmanager
+    def record(self) -> Iterator[sched_mod.Schedule]:
+        """Record every charge inside as an explicit schedule (machine/schedule.py) beside the ledger."""
+        saved, self._sched = self._sched, sched_mod.Schedule(self.rows, self.cols)
+        try:
+            yield self._sched
+        finally:
+            self._sched = saved
 
     # --- geometry -----------------------------------------------------------
     @property
@@ -127,9 +163,12 @@ class Mesh:
                 self._step = None
             if self._mute:
                 return
-            self.ledger.charge(self.label, compute=st.compute, comm=st.comm, macs=st.macs, hops=st.hops,
-                               stages=st.stages, overhead=self.spec.step_overhead_cycles + st.extra_overhead,
-                               overlap=overlap, times=times)
+            overhead = self.spec.step_overhead_cycles + st.extra_overhead
+            self.last_step_slack = (max(0.0, st.busy - st.compute) if overlap else 0.0) + overhead
+            self.ledger.charge(self.label, compute=st.compute, comm=st.busy, macs=st.macs, hops=st.hops,
+                               stages=st.stages, overhead=overhead, overlap=overlap, times=times)
+            if self._sched is not None:
+                self._sched.add(sched_mod.Step(self.label, st.compute, st.records, overlap, times, overhead))
 
     def repeat(self, n: int, abstract: bool) -> Iterator[int]:
         """Iterate n identical-cost iterations: the first is charged n times, the rest are muted.
@@ -156,18 +195,31 @@ class Mesh:
             self._step.macs += macs
         elif not self._mute:
             self.ledger.charge(self.label, compute=cycles, macs=macs, times=self._times)
+            if self._sched is not None:
+                self._sched.add(sched_mod.Step(self.label, cycles, times=self._times))
 
     def charge_comm(self, cycles: float, *, hops: float = 0.0, stages: float = 0.0, overhead: float = 0.0,
-                    times: int = 1) -> None:
-        """A transfer or collective; inside a step, concurrent transfers on independent links take the max."""
+                    times: int = 1, record: sched_mod.Record | None = None, ramp: float = 0.0,
+                    lines: tuple[str, np.ndarray] | None = None) -> None:
+        """A transfer or collective; inside a step, concurrent transfers on independent links take the max,
+        but their payloads (`ramp` cycles each through the ramps of every core, or of the cores on `lines`
+        = (axis, mask of lines that send)) queue one after another.
+
+        record: what was sent (machine/schedule.py), whose analytical cost `cycles` is; without one the
+        schedule keeps the cycles as an Opaque record."""
+        rec = record if record is not None else sched_mod.Opaque(cycles)
         if self._step is not None:
             st = self._step
             if cycles > st.comm:
                 st.comm, st.hops, st.stages = cycles, hops, stages
+            st.add_ramp(cycles, ramp, lines)
             st.extra_overhead += overhead
+            st.records.append(rec)
         elif not self._mute:
             self.ledger.charge(self.label, comm=cycles, hops=hops, stages=stages, overhead=overhead,
                                overlap=False, times=times * self._times)
+            if self._sched is not None:
+                self._sched.add(sched_mod.Step(self.label, 0.0, [rec], False, times * self._times, overhead))
 
     # --- memory -------------------------------------------------------------
     @contextmanager

@@ -2,6 +2,8 @@
 
 Costs follow the spec: a message over h hops with r software relays costs
 message_overhead + alpha*h + beta*r + bytes / link_bytes_per_cycle (the payload streams behind the head).
+Each primitive describes what it sends as a schedule record (machine/schedule.py); the ledger's charge is
+`record_cost` of that record, and the event-level fabric (machine/fabric.py) replays the same records.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from waferllm.machine import shard
 from waferllm.machine.mesh import Array, Mesh, is_abstract, tile_bytes
 from waferllm.machine.ops import times as ops_times
 from waferllm.machine.rings import default_groups, ring_hops, ring_src
+from waferllm.machine.schedule import (Allreduce, Drain, Multicast, Opaque, OwnerChain, Reduce, Shift,
+                                       tree_root as _tree_root, tree_shape as _tree_shape)
 
 AX = {"y": 0, "x": 1}
 
@@ -30,11 +34,53 @@ def transfer_cycles(mesh: Mesh, nbytes: float, hops: float, relays: float = 0.0)
 
 
 def chain_cycles(mesh: Mesh, n_elems: int, elem_bytes: int, hops: float, stages: float) -> float:
-    """A reduction chain: each of `stages` relay cores adds its part to the stream and forwards it."""
+    """A reduction chain: each of `stages` relay cores adds its part to the stream and forwards it. A stage's
+    latency beta covers its first wavelet (parse, add, re-send); the rest stream behind at the slower of the link
+    and the relay's add (a pipeline: fill, then one interval per further element)."""
     s = mesh.spec
     per_elem = max(elem_bytes / s.link_bytes_per_cycle, s.relay_cycles_per_element)
+    first = min(n_elems, max(1, int(s.link_bytes_per_cycle // elem_bytes))) if stages > 0 else 0
     return s.message_overhead_cycles + s.alpha_cycles_per_hop * hops + s.beta_cycles_per_relay * stages \
-        + n_elems * per_elem
+        + (n_elems - first) * per_elem
+
+
+def record_cost(mesh: Mesh, rec) -> tuple[float, float, float]:
+    """(cycles, hops, stages) of one schedule record: the analytical model of what it sends."""
+    n = mesh.size(rec.axis) if hasattr(rec, "axis") else 1
+    if isinstance(rec, Shift):
+        hops = ring_hops(n, rec.ring)
+        return transfer_cycles(mesh, rec.nbytes, hops), hops, 0.0
+    if isinstance(rec, Multicast):
+        hops, relays = max(rec.root, n - 1 - rec.root), (1 if rec.switch else 0)
+        return transfer_cycles(mesh, rec.nbytes, hops, relays), hops, relays
+    if isinstance(rec, Allreduce):
+        return _allreduce_cost(mesh, rec.algo, min(rec.segment or n, n), rec.elems, rec.elem_bytes, rec.groups)
+    if isinstance(rec, Reduce):
+        return _reduce_cost(mesh, rec)
+    if isinstance(rec, OwnerChain):  # the chain's streaming rate; it overlaps the next compute step
+        return (mesh.spec.relay_cycles_per_element * rec.elems if n > 1 else 0.0), 0.0, 0.0
+    if isinstance(rec, Drain):  # the last pipelined chain's latency across the line, less what its step covered
+        return max(0.0, chain_cycles(mesh, rec.elems, rec.elem_bytes, n - 1, n - 1) - rec.hidden), n - 1, n - 1
+    if isinstance(rec, Opaque):
+        return rec.cycles, 0.0, 0.0
+    raise TypeError(f"not a schedule record: {rec!r}")
+
+
+def ramp_cycles(mesh: Mesh, rec) -> float:
+    """Cycles one record's payload occupies a core's ramp (every core sends or receives it through its own)."""
+    if isinstance(rec, (Shift, Multicast)):
+        return rec.nbytes / mesh.spec.link_bytes_per_cycle
+    if isinstance(rec, OwnerChain) and mesh.size(rec.axis) > 1:
+        return rec.elems * rec.elem_bytes / mesh.spec.link_bytes_per_cycle
+    return 0.0
+
+
+def _emit(mesh: Mesh, rec, overhead: float = 0.0) -> None:
+    """Charge a record's analytical cost and hand the record to the mesh's schedule."""
+    cyc, hops, stages = record_cost(mesh, rec)
+    lines = getattr(rec, "lines", None)
+    mesh.charge_comm(cyc, hops=hops, stages=stages, overhead=overhead, record=rec, ramp=ramp_cycles(mesh, rec),
+                     lines=None if lines is None else (rec.axis, np.asarray(lines, bool)))
 
 
 # --- mesh-oblivious baselines (the paper's T10 and Ladder comparisons) -------------
@@ -56,13 +102,15 @@ def _oblivious(mesh: Mesh, nbytes: float, messages: float) -> tuple[float, float
 
 
 # --- shifts ----------------------------------------------------------------
-def shift(mesh: Mesh, x: Array, axis: str, kind: str = "interleaved", direction: int = 1) -> Array:
+def shift(mesh: Mesh, x: Array, axis: str, kind: str = "interleaved", direction: int = 1, *,
+          lines: np.ndarray | None = None) -> Array:
     """Every core sends its tile one position along `axis`: interleaved ring (<= 2 hops), wrap ring (the
-    wrap-around edge is n-1 hops) or line (neighbours only; the first core in the direction gets zeros)."""
+    wrap-around edge is n-1 hops) or line (neighbours only; the first core in the direction gets zeros).
+    lines: which lines really move (the schedule's record; the cost is the slowest line's either way)."""
     n = mesh.size(axis)
     if mesh.strategy == "waferllm":
-        hops = ring_hops(n, kind)
-        mesh.charge_comm(transfer_cycles(mesh, tile_bytes(x), hops), hops=hops)
+        live = None if lines is None else tuple(bool(v) for v in np.asarray(lines).reshape(-1))
+        _emit(mesh, Shift(axis, kind, direction, tile_bytes(x), live))
     else:  # ladder fetches the tile from its owner: a request, then the data
         cyc, hops, stages = _oblivious(mesh, tile_bytes(x), 1 if mesh.strategy == "t10" else 2)
         mesh.charge_comm(cyc, hops=hops, stages=stages)
@@ -83,10 +131,8 @@ def broadcast(mesh: Mesh, x: Array, axis: str, root: int, *, switch: bool = Fals
     switch=True charges one relay for re-pointing the multicast route at a new root.
     """
     n = mesh.size(axis)
-    hops = max(root, n - 1 - root)
-    relays = 1 if switch else 0
     if mesh.strategy == "waferllm":
-        mesh.charge_comm(transfer_cycles(mesh, tile_bytes(x), hops, relays), hops=hops, stages=relays)
+        _emit(mesh, Multicast(axis, root, tile_bytes(x), switch))
     else:  # no multicast: the root (or the shared-memory owner) serves the other n-1 cores in turn
         cyc, h, st = _oblivious(mesh, tile_bytes(x), n - 1)
         mesh.charge_comm(cyc, hops=h, stages=st)
@@ -112,12 +158,13 @@ def allreduce(mesh: Mesh, x: Array, axis: str, algo: str = "ktree", *, groups: i
     eb = np.dtype(x.dtype).itemsize
     elems = int(math.prod(x.shape[2:])) if elems is None else elems
     if mesh.strategy == "waferllm":
-        cost, hops, stages = _allreduce_cost(mesh, algo, seg, elems, eb, groups)
+        _emit(mesh, Allreduce(axis, algo, seg, elems, eb, groups), mesh.spec.collective_overhead_cycles)
     elif mesh.strategy == "t10":  # ring over core ids: 2(p-1) relayed chunk messages
         cost, hops, stages = _oblivious(mesh, math.ceil(elems / seg) * eb, 2 * (seg - 1)) if seg > 1 else (0, 0, 0)
     else:  # ladder: p-1 partials accumulate at the owner, then p-1 cores read the result back
         cost, hops, stages = _oblivious(mesh, elems * eb, 2 * (seg - 1)) if seg > 1 else (0, 0, 0)
-    mesh.charge_comm(cost, hops=hops, stages=stages, overhead=mesh.spec.collective_overhead_cycles)
+    if mesh.strategy != "waferllm":
+        mesh.charge_comm(cost, hops=hops, stages=stages, overhead=mesh.spec.collective_overhead_cycles)
     if is_abstract(x) or seg == 1:
         return x
     a = AX[axis]
@@ -138,13 +185,8 @@ def reduce(mesh: Mesh, x: Array, axis: str, root: int, *, groups: int | None = N
     """K-tree reduce along `axis` to the line `root` (no multicast back); other lines keep zeros."""
     n = mesh.size(axis)
     elems, eb = int(math.prod(x.shape[2:])), np.dtype(x.dtype).itemsize
-    full, hops, stages = _allreduce_cost(mesh, "ktree", n, elems, eb, groups)
     if n > 1:  # the tree's two phases end at its root; then one unicast to the requested root
-        troot = _tree_root(n, groups)
-        bcast = transfer_cycles(mesh, elems * eb, max(troot, n - 1 - troot))
-        extra = transfer_cycles(mesh, elems * eb, abs(root - troot)) if root != troot else 0.0
-        mesh.charge_comm(full - bcast + extra, hops=hops - max(troot, n - 1 - troot) + abs(root - troot),
-                         stages=stages, overhead=mesh.spec.collective_overhead_cycles)
+        _emit(mesh, Reduce(axis, root, elems, eb, groups), mesh.spec.collective_overhead_cycles)
     if is_abstract(x) or n == 1:
         return x
     a = AX[axis]
@@ -153,16 +195,14 @@ def reduce(mesh: Mesh, x: Array, axis: str, root: int, *, groups: int | None = N
     return jnp.where(keep.reshape(keep.shape + (1,) * (x.ndim - 2)), jnp.expand_dims(red, a), 0)
 
 
-def _tree_shape(p: int, groups: int | None) -> tuple[int, int]:
-    """(G groups, g cores per group) of the two-phase tree over p cores; the last group may be short."""
-    g = math.ceil(p / min(groups or default_groups(p), p))
-    return math.ceil(p / g), g
-
-
-def _tree_root(p: int, groups: int | None) -> int:
-    """The core where the tree's two phases end."""
-    G, g = _tree_shape(p, groups)
-    return (G // 2) * g + g // 2
+def _reduce_cost(mesh: Mesh, rec: Reduce) -> tuple[float, float, float]:
+    """A K-tree allreduce without its multicast back, plus one unicast from the tree's root to rec.root."""
+    n, nbytes = mesh.size(rec.axis), rec.elems * rec.elem_bytes
+    full, hops, stages = _allreduce_cost(mesh, "ktree", n, rec.elems, rec.elem_bytes, rec.groups)
+    troot = _tree_root(n, rec.groups)
+    bcast = transfer_cycles(mesh, nbytes, max(troot, n - 1 - troot))
+    extra = transfer_cycles(mesh, nbytes, abs(rec.root - troot)) if rec.root != troot else 0.0
+    return full - bcast + extra, hops - max(troot, n - 1 - troot) + abs(rec.root - troot), stages
 
 
 def _allreduce_cost(mesh: Mesh, algo: str, p: int, elems: int, eb: int, groups: int | None):
@@ -250,7 +290,7 @@ def reduce_to_owner(mesh: Mesh, x: Array, axis: str, owner) -> Array:
     rate (a relay adds each element), which overlaps the next compute step; `drain` charges the tail."""
     elems = int(math.prod(x.shape[2:]))
     n = mesh.size(axis)
-    mesh.charge_comm(mesh.spec.relay_cycles_per_element * elems if n > 1 else 0.0)
+    _emit(mesh, OwnerChain(axis, elems, np.dtype(x.dtype).itemsize, _concrete(owner)))
     if is_abstract(x):
         return x
     a = AX[axis]
@@ -263,11 +303,18 @@ def reduce_to_owner(mesh: Mesh, x: Array, axis: str, owner) -> Array:
 
 
 def drain(mesh: Mesh, x: Array, axis: str) -> None:
-    """The last pipelined chain's latency across the line (after a loop of reduce_to_owner steps)."""
+    """The last pipelined chain's latency across the line (after a loop of reduce_to_owner steps); it began when
+    the last step's compute ended, so the rest of that step (its transfers) already covers part of it."""
     n = mesh.size(axis)
     if n > 1:
-        elems = int(math.prod(x.shape[2:]))
-        mesh.charge_comm(chain_cycles(mesh, elems, 4, n - 1, n - 1), hops=n - 1, stages=n - 1)
+        _emit(mesh, Drain(axis, int(math.prod(x.shape[2:])), 4, mesh.last_step_slack))
+
+
+def _concrete(v) -> tuple[int, ...] | None:
+    """Owner positions as a tuple when known at trace time; None inside a compiled loop (traced)."""
+    if isinstance(v, jax.core.Tracer):
+        return None
+    return tuple(int(i) for i in np.asarray(v).reshape(-1))
 
 
 # --- moves between regions ---------------------------------------------------------------
@@ -299,7 +346,8 @@ def relayout(mesh: Mesh, x: Array, out_shape: tuple[int, ...], layout: str, hops
         return out
     idx = np.asarray(index_fn())
     flat = jnp.asarray(x).reshape(-1)
-    got = jnp.take(flat, jnp.asarray(np.maximum(idx, 0)), axis=0)
+    # in bounds by construction: no index normalisation for XLA to constant-fold over a large index map
+    got = flat.at[jnp.asarray(np.maximum(idx, 0))].get(mode="promise_in_bounds")
     return jnp.where(jnp.asarray(idx >= 0), got, 0).astype(dt)
 
 
@@ -313,7 +361,9 @@ def line_shift(mesh: Mesh, x: Array, layout: str, fill: Array, *, along: str = "
     itself); a pass that carries nothing (live extent 0) sends no message.
     """
     nbytes = _core_bytes(x, layout, live)
-    if nbytes > 0:
+    if nbytes > 0 and mesh.size(along.lower()) > 1:
+        _emit(mesh, Shift(along.lower(), "line", -1, nbytes))
+    elif nbytes > 0:  # a one-core line: charged as one hop, nothing for the fabric to move
         mesh.charge_comm(transfer_cycles(mesh, nbytes, 1), hops=1)
     if is_abstract(x):
         return x
@@ -363,9 +413,9 @@ def rotate_stacks(mesh: Mesh, x: Array, axis: str, kind: str, back: np.ndarray, 
     blk = jax.ShapeDtypeStruct(x.shape[:2] + x.shape[3:], x.dtype)
     with ops_times(mesh, steps), mesh.step():
         if np.any(back):
-            shift(mesh, blk, axis, kind, -1)
+            shift(mesh, blk, axis, kind, -1, lines=np.asarray(back) > 0)
         if np.any(fwd):
-            shift(mesh, blk, axis, kind, +1)
+            shift(mesh, blk, axis, kind, +1, lines=np.asarray(fwd) > 0)
     if is_abstract(x):
         return x
     idx = _rotation_index(mesh.rows, mesh.cols, x.shape[2], axis, kind, tuple(back), tuple(fwd))
