@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from contextlib import nullcontext
 
-from waferllm.cli.args import ArgError, add_device_args, add_model_args, device_from_args, load_model_from_args
+from waferllm.cli.args import (ArgError, add_device_args, add_model_args, device_from_args, json_text,
+                              load_model_from_args)
+import waferllm.cli.distributed as distributed
 from waferllm.report.tables import fmt_bytes, fmt_time
 
 DEFAULT_PROMPT = "What is a wafer-scale computer? Answer in two sentences."
@@ -34,6 +35,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object (a list for several prompts)")
+    distributed.add_distributed_args(p)
     p.set_defaults(func=run)
 
 
@@ -53,28 +55,42 @@ def _status(msg: str, quiet: bool):
 
 
 def run(args) -> int:
-    from waferllm.engine.generate import Engine
+    from waferllm.engine.generate import CapacityError, Engine, check_context, plural
+    from waferllm.engine.grids import check_grid_args
     from waferllm.engine.textgen import generate_batch_text, generate_text, prompt_ids
 
-    params = sampling_from_args(args)  # checks ranges before any loading
+    # everything that needs no model is checked before the (slow) load: sampling ranges, device, grids
+    distributed.check(args)
+    if distributed.launching(args):  # N local processes of this same command; process 0 prints
+        return distributed.launch_local(args.argv, args.num_processes)
+    distributed.join(args)  # before anything touches a JAX backend
+    params = sampling_from_args(args)
     spec = device_from_args(args)
+    check_grid_args(spec, grid=args.grid, prefill_grid=args.prefill_grid)
     prompts = args.prompt or [DEFAULT_PROMPT]
     with _status(f"loading {args.model}", args.json):
         cfg, weights, tok = load_model_from_args(args)
     ids = [prompt_ids(tok, p, chat=args.chat, system=args.system) for p in prompts]
     if min(len(i) for i in ids) == 0:
         raise ArgError("empty prompt: give some text with --prompt")
-    need = max(len(i) for i in ids) + params.max_new_tokens
+    longest = max(len(i) for i in ids)
+    check_context(cfg, longest, params.max_new_tokens)  # the model's context binds before any grid does
+    need = longest + params.max_new_tokens
     with _status(f"placing {cfg.name} on {spec.name}", args.json):
-        engine = Engine(cfg, weights, spec, grid=args.grid, dtype=args.dtype, max_tokens=64 * math.ceil(need / 64),
-                        tokenizer=tok, kv_policy=args.kv, prefill_grid=args.prefill_grid)
+        try:
+            engine = Engine(cfg, weights, spec, grid=args.grid, dtype=args.dtype,
+                            max_tokens=64 * math.ceil(need / 64), tokenizer=tok, kv_policy=args.kv,
+                            prefill_grid=args.prefill_grid, devices="all" if args.coordinator else None)
+        except CapacityError as e:  # the auto grid found none: say what the request asked for
+            raise CapacityError(f"prompt ({plural(longest, 'token')}) + --max-new-tokens ({params.max_new_tokens}) = "
+                                f"{need} tokens: {e}") from None
     if len(ids) > 1:  # decoded together: one lane each, skinny GEMMs instead of GEMVs
         engine.check_batch([(i, params) for i in ids])  # every prompt checked before any work
         with _status(f"decoding {len(ids)} prompts together", args.json):
             results, agg = generate_batch_text(engine, ids, params)
         outs = [_result_json(engine, args, r, agg, len(ids)) for r in results]
         if args.json:
-            print(json.dumps(outs, indent=2))
+            print(json_text(outs))
             return 0
         for p, r in zip(prompts, results):
             print(p if not args.chat else f"[chat] {p}", end="\n---\n")
@@ -87,7 +103,7 @@ def run(args) -> int:
         print(prompts[0] if not args.chat else f"[chat] {prompts[0]}", end="\n---\n", flush=True)
     res = generate_text(engine, ids[0], params, on_text=None if args.json else _echo)
     if args.json:
-        print(json.dumps(_result_json(engine, args, res, res.timing.decode_tokens_per_s, 1), indent=2))
+        print(json_text(_result_json(engine, args, res, res.timing.decode_tokens_per_s, 1)))
     else:
         print("\n---")
         _print_stats(engine, res)
@@ -103,7 +119,7 @@ def _result_json(engine, args, res, decode_tps: float, batch: int) -> dict:
     return {
         "model": engine.cfg.name, "device": engine.spec.name, "grid": plan.grid, "dtype": engine.dtype,
         "prompt_token_ids": res.prompt_token_ids, "token_ids": res.token_ids, "text": res.text,
-        "finish_reason": res.finish_reason, "wall_s": res.wall_s,
+        "finish_reason": res.finish_reason, "wall_s": res.wall_s, **distributed.world(engine.devices),
         "predicted": {"ttft_s": res.timing.ttft_s, "tpot_s": res.timing.tpot_s,
                       "decode_tokens_per_s": decode_tps, "batch_size": batch},
         "peak_core_bytes": max(plan.peak_core_bytes, led.peak_core_bytes), "routes_per_core": led.routes_per_core,

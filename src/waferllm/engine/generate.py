@@ -8,6 +8,7 @@ sequences decode together through engine.batch(...) (see engine/batch.py).
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Iterator, Sequence
 
 import jax
@@ -19,13 +20,14 @@ from waferllm.engine import handoff, kv
 from waferllm.engine.batch import Batch, Timing, TokenEvent
 from waferllm.engine.cost import step_ledger
 from waferllm.engine.decode import DecodeProgram, make_decode_step
-from waferllm.engine.grids import GridArg, resolve_grids
-from waferllm.engine.placement import DecodePlan, plan_decode, smallest_fit
+from waferllm.engine.grids import AutoGrids, Grid, GridArg, resolve_grids
+from waferllm.engine.placement import DecodePlan, PlanError, plan_decode, smallest_fit
 from waferllm.engine.sampling import SamplingParams
 from waferllm.engine.prefill import PrefillProgram
 from waferllm.engine.prefill_tiles import embed_tiles, place_weights
 from waferllm.engine.tiles import mesh_weights, shard_cache, shard_weights
 from waferllm.machine import Ledger
+from waferllm.machine.shard import device_mesh, to_host
 from waferllm.model.config import ModelConfig
 from waferllm.model.weights import ModelWeights
 from waferllm.spec import DeviceSpec, array_dtype, check_dtype
@@ -45,12 +47,14 @@ class Engine:
         engine's meaning of auto (placement.smallest_fit for max_tokens); prefill_grid None or 'none': the
         prompt goes through the decode path token by token."""
         check_dtype(dtype)
+        if not isinstance(max_tokens, numbers.Integral) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise CapacityError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
         if kv_policy not in kv.POLICIES:
             raise WaferError(f"unknown KV policy {kv_policy!r}; known: {', '.join(kv.POLICIES)}")
         self.cfg, self.spec, self.dtype, self.tokenizer = cfg, spec, dtype, tokenizer
         self.grids = resolve_grids(spec, grid=grid, prefill_grid=prefill_grid,
-                                   auto=smallest_fit(cfg, spec, dtype, max_tokens))
-        self.plan: DecodePlan = plan_decode(cfg, spec, self.grids.decode, dtype)
+                                   auto=_engine_auto(cfg, spec, dtype, max_tokens))
+        self.plan: DecodePlan = _plan(cfg, spec, self.grids.decode, dtype, max_tokens)
         self.policy = kv_policy
         self.prog = DecodeProgram(cfg=cfg, plan=self.plan, spec=spec, policy=kv_policy)
         self.pre = None
@@ -64,12 +68,16 @@ class Engine:
                                                                                    T, slots), static_argnums=(4, 5))
         self.tok_emb = weights.tok_emb
         self.weights = mesh_weights(cfg, weights, self.plan)
+        if isinstance(devices, str):  # "all": every device of every process (multi-process runs)
+            if devices != "all":
+                raise WaferError(f"devices must be a jax.sharding.Mesh, None or 'all', got {devices!r}")
+            devices = device_mesh(self.plan.rows, self.plan.cols) if jax.device_count() > 1 else None
         self.devices = devices  # a jax.sharding.Mesh with axes (gy, gx) over the grid, or None
         if devices is not None:
             self.weights = shard_weights(self.weights, devices)
         self.max_tokens = max_tokens
         # the busiest row's worst case: shift spreads tokens evenly; concat piles them on the tail row
-        self.slots = math.ceil(max_tokens / self.plan.rows) if kv_policy == "shift" else max_tokens
+        self.slots = -(-max_tokens // self.plan.rows) if kv_policy == "shift" else max_tokens
         self._step = make_decode_step(self.prog)
         self._put = jax.jit(_put_lane, donate_argnums=0)
         self.eos_ids = frozenset(cfg.eos_token_ids) | frozenset(getattr(tokenizer, "eos_ids", ()) or ())
@@ -81,18 +89,21 @@ class Engine:
         return self.plan.kv_tokens_per_row // lanes
 
     def check_capacity(self, n_prompt: int, max_new: int, *, lanes: int = 1, slots: int | None = None) -> None:
-        """Raise CapacityError (with both policies' capacities) before any work if the request cannot fit."""
-        if n_prompt < 1:
-            raise CapacityError("empty prompt: at least one token is needed")
-        per_lane = self.lane_slots(lanes) if slots is None else min(slots, self.lane_slots(lanes))
+        """Raise CapacityError before any work if the request cannot fit, naming the binding limit first: the
+        model's context, then the KV cache (with both policies' capacities), then the engine's max_tokens.
+        Exact in Python integers, so an absurd max_new (10**30) is refused, not overflowed."""
+        check_context(self.cfg, n_prompt, max_new)
         need = n_prompt + max_new
-        if self._busiest(n_prompt, max_new) > per_lane or need > min(self.max_tokens, self.cfg.max_seq_len):
+        per_lane = self.lane_slots(lanes) if slots is None else min(slots, self.lane_slots(lanes))
+        if self._busiest(n_prompt, max_new) > per_lane:
             cap = {k: v * per_lane // self.plan.kv_tokens_per_row for k, v in self.plan.kv_capacity_tokens().items()}
             share = f" per sequence ({lanes} sequences share the cache)" if lanes > 1 else ""
-            raise CapacityError(f"prompt ({n_prompt} tokens) + max_new_tokens ({max_new}) = {need} tokens exceeds "
-                                f"the KV capacity{share} of this plan: shift policy {cap['shift']}, concat policy "
-                                f"{cap['concat']} tokens (engine limit {self.max_tokens}, model context "
-                                f"{self.cfg.max_seq_len}) on grid {self.plan.grid}")
+            raise CapacityError(f"{_request(n_prompt, max_new)} exceeds the KV capacity{share} of this plan: "
+                                f"shift policy {cap['shift']}, concat policy {cap['concat']} tokens (engine limit "
+                                f"{self.max_tokens}, model context {self.cfg.max_seq_len}) on grid {self.plan.grid}")
+        if need > self.max_tokens:
+            raise CapacityError(f"{_request(n_prompt, max_new)} exceeds this engine's limit of {self.max_tokens} "
+                                f"tokens (the max_tokens it was placed for; model context {self.cfg.max_seq_len})")
 
     def slots_for(self, n_prompt: int, max_new: int, lanes: int = 1) -> int:
         """KV slots per row a request needs at its busiest row (rounded to 16 to share compiled steps)."""
@@ -101,7 +112,7 @@ class Engine:
     def _busiest(self, n_prompt: int, max_new: int) -> int:
         """Tokens on the fullest KV row at the end of a request (prompt K/V from the prefill, if any)."""
         p = n_prompt if self.pre is not None else 0
-        return int(np.max(kv.counts(self.policy, n_prompt + max_new, p, self.plan.rows, np)))
+        return kv.fullest_row(self.policy, n_prompt + max_new, p, self.plan.rows)
 
     # --- numeric steps -------------------------------------------------------------
     def new_cache(self, lanes: int = 1, slots: int | None = None):
@@ -119,7 +130,7 @@ class Engine:
         nxt, logits, kc, vc = self._step(self.weights, kc, vc, jnp.asarray(tokens, jnp.int32),
                                          jnp.asarray(ns, jnp.float32), jnp.asarray(ns, jnp.int32),
                                          jnp.asarray(ps, jnp.int32), jnp.asarray(active, bool))
-        return np.asarray(nxt), logits, (kc, vc)
+        return to_host(nxt), logits, (kc, vc)
 
     def decode_one_token(self, caches, token: int, n: int, p: int = 0):
         """A batch of one: feed token at position n (n cached, p from a prefill) -> (id, logits_x, caches, s)."""
@@ -148,7 +159,7 @@ class Engine:
         return int(nxt[lane]), logits[lane], caches, ttft, 0
 
     def logits_vector(self, logits_x) -> np.ndarray:
-        return np.asarray(logits_x).reshape(-1)[: self.cfg.vocab_size]
+        return to_host(logits_x).reshape(-1)[: self.cfg.vocab_size]
 
     # --- generation --------------------------------------------------------------
     def generate(self, prompt_ids: Sequence[int], params: SamplingParams, timing: Timing | None = None
@@ -199,6 +210,57 @@ class Engine:
     def prefill_ledger(self, n_prompt: int) -> Ledger:
         """TTFT's costs (handoff.ttft_ledger: the same function `waferllm predict` uses)."""
         return handoff.ttft_ledger(self.prog, self.pre, n_prompt)
+
+
+def _request(n_prompt: int, max_new: int) -> str:
+    return f"prompt ({plural(n_prompt, 'token')}) + max_new_tokens ({max_new}) = {n_prompt + max_new} tokens"
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def check_context(cfg: ModelConfig, n_prompt: int, max_new: int) -> None:
+    """CapacityError when a request is empty or longer than the model's context (checked before any placement:
+    no grid can lift that limit)."""
+    if n_prompt < 1:
+        raise CapacityError("empty prompt: at least one token is needed")
+    if n_prompt + max_new > cfg.max_seq_len:
+        fix = (f"shorten the prompt or lower max_new_tokens (at most {cfg.max_seq_len - n_prompt} with this "
+               "prompt)" if n_prompt < cfg.max_seq_len else "shorten the prompt")
+        raise CapacityError(f"{_request(n_prompt, max_new)} exceeds the context of {cfg.name or 'the model'} "
+                            f"({cfg.max_seq_len} tokens); {fix}")
+
+
+def _plan(cfg: ModelConfig, spec: DeviceSpec, grid: Grid, dtype: str, max_tokens: int) -> DecodePlan:
+    """The decode plan that leaves room for max_tokens of KV cache (as `predict` plans it, and as auto sized
+    the grid), or, when the grid cannot, the densest plan: check_capacity then names what it holds."""
+    try:
+        return plan_decode(cfg, spec, grid, dtype, min_tokens=max_tokens)
+    except PlanError:
+        return plan_decode(cfg, spec, grid, dtype)
+
+
+def _engine_auto(cfg: ModelConfig, spec: DeviceSpec, dtype: str, max_tokens: int) -> AutoGrids:
+    """placement.smallest_fit, whose 'no square grid fits' says, when a layer fits but the KV cache does not,
+    how many tokens the largest square grid holds against the tokens asked for."""
+    auto = smallest_fit(cfg, spec, dtype, max_tokens)
+
+    def decode() -> Grid:
+        try:
+            return auto.decode()
+        except PlanError:
+            side = min(spec.height_cores, spec.width_cores)
+            try:
+                cap = plan_decode(cfg, spec, (side, side), dtype).kv_capacity_tokens()["shift"]
+            except PlanError:
+                cap = None
+            if cap is None:
+                raise  # not even one layer fits: placement's own message
+            raise CapacityError(f"a KV cache of {max_tokens} tokens does not fit {spec.name} at any square grid: "
+                                f"the largest, {side}x{side}, holds {cap} tokens (shift policy)") from None
+
+    return AutoGrids(name=auto.name, decode=decode, prefill=auto.prefill)
 
 
 def _put_lane(caches, lane, new):

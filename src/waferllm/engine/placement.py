@@ -139,10 +139,12 @@ def auto_grid(cfg: ModelConfig, spec: DeviceSpec, dtype: str, min_tokens: int = 
     """The smallest square grid on which one layer fits with room for min_tokens of KV cache."""
     for side in range(2, min(spec.height_cores, spec.width_cores) + 1):
         try:
-            plan_decode(cfg, spec, (side, side), dtype, min_tokens=min_tokens)
-            return side, side
+            plan = plan_decode(cfg, spec, (side, side), dtype, min_tokens=min_tokens)
         except PlanError:
             continue
+        # one layer fitting is not enough: with layers stacked per region the cache must still hold the request
+        if plan.kv_capacity_tokens()["shift"] >= min_tokens:
+            return side, side
     raise PlanError(f"{cfg.name} does not fit {spec.name} at any square grid")
 
 

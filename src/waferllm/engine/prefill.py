@@ -11,6 +11,7 @@ prefill is the same function on jax.ShapeDtypeStruct stand-ins.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from waferllm.engine.cost import shared_ledger
 from waferllm.engine.prefill_tiles import PrefillLayout, weight_shapes
 from waferllm.kernels.gemm import cannon_tiles, gemm_t_tiles
 from waferllm.machine import Ledger, Mesh, noc, ops
@@ -188,17 +190,21 @@ class PrefillProgram:
 
 def layer_ledger(pre: PrefillProgram, n_tokens: int) -> Ledger:
     """One prefill layer over n_tokens, shape-only (every layer has the same shapes); cached, since the
-    TTFT, the artifact-style rate and the memory check all need it. Callers must not mutate it."""
-    key = (pre, PrefillLayout(cfg=pre.cfg, rows=pre.rows, cols=pre.cols, tokens=n_tokens).padded_tokens)
-    if key not in _LAYERS:
-        led = Ledger(clock_hz=pre.spec.clock_hz)
-        lay = pre.layout(n_tokens)
-        x = S((pre.rows, pre.cols, lay.mb, lay.dim_map.shape[1]), np.float32)
-        mesh = pre.mesh(led)
-        with mesh.phase("prefill/layer"):
-            pre.layer(mesh, weight_shapes(lay, pre.wdt), x)
-        _LAYERS[key] = led
-    return _LAYERS[key]
+    TTFT, the artifact-style rate and the memory check all need it, and shared by every program of the same
+    shapes and device costs (cost.shared_ledger)."""
+    padded = PrefillLayout(cfg=pre.cfg, rows=pre.rows, cols=pre.cols, tokens=n_tokens).padded_tokens
+    what = ("prefill layer", pre.cfg, pre.rows, pre.cols, pre.dtype, pre.strategy, padded)
+    return shared_ledger(what, pre, (pre.rows, pre.cols), {},
+                         lambda spec, held, led: _trace_layer(dataclasses.replace(pre, spec=spec), n_tokens, led),
+                         cache=_LAYERS)
 
 
-_LAYERS: dict[tuple, Ledger] = {}  # keyed by the program itself: keeps it alive, so its id is never reused
+def _trace_layer(pre: PrefillProgram, n_tokens: int, led: Ledger) -> None:
+    lay = pre.layout(n_tokens)
+    x = S((pre.rows, pre.cols, lay.mb, lay.dim_map.shape[1]), np.float32)
+    mesh = pre.mesh(led)
+    with mesh.phase("prefill/layer"):
+        pre.layer(mesh, weight_shapes(lay, pre.wdt), x)
+
+
+_LAYERS: dict[tuple, Ledger] = {}  # shared traces by shapes and device costs; per program when sharing is off

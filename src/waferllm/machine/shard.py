@@ -34,6 +34,16 @@ def place(x: jax.Array, dmesh: DeviceMesh | None) -> jax.Array:
     return jax.device_put(x, NamedSharding(dmesh, P(*AXES)))
 
 
+def to_host(x) -> np.ndarray:
+    """A device array's whole value as numpy on this process, also when it spans other processes' devices
+    (multi-process runs: gathered with JAX's own collectives; every process gets the same value)."""
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
 def permute(x: jax.Array, axis: int, src: np.ndarray, dmesh: DeviceMesh | None) -> jax.Array:
     """out[i] = x[src[i]] along grid axis 0 (y) or 1 (x); a halo exchange between neighbour devices."""
     n = x.shape[axis]
