@@ -56,6 +56,7 @@ class Prediction:
     utilization: dict
     ttft_s: float | None = None
     tpot_s: float | None = None
+    warnings: tuple[str, ...] = ()  # check_args: e.g. a length past the model's context (costed anyway)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -73,7 +74,12 @@ def breakdown(led: Ledger, depth: int = 3) -> dict:
     return dict(sorted(out.items(), key=lambda kv: -kv[1]["cycles"]))
 
 
-def check_args(cfg: ModelConfig, phase: str, **lengths: int) -> None:
+def check_args(cfg: ModelConfig, phase: str, **lengths: int) -> list[str]:
+    """PredictError for an unknown phase or a length <= 0; returns the warnings (lengths past the model's context).
+
+    A shape-only run costs any length, so a prompt or cache longer than the checkpoint's context is a warning,
+    never a refusal (the paper ran Llama2-13B with its 4K limit removed); `generate` and `serve` still refuse.
+    """
     if phase not in PHASES:
         raise PredictError(f"unknown phase {phase!r}; known: {', '.join(PHASES)}")
     for name, v in lengths.items():
@@ -81,9 +87,10 @@ def check_args(cfg: ModelConfig, phase: str, **lengths: int) -> None:
             raise PredictError(f"--{name.replace('_', '-')} must be > 0, got {v}")
     longest = {"decode": lengths.get("context", 1), "prefill": lengths.get("input_len", 1)}.get(
         phase, lengths.get("input_len", 1) + lengths.get("output_len", 0))
-    if longest > cfg.max_seq_len:
-        raise PredictError(f"{longest} tokens is beyond {cfg.name}'s context of {cfg.max_seq_len} tokens "
-                           "(no RoPE scaling)")
+    if longest <= cfg.max_seq_len:
+        return []
+    return [f"{longest} tokens is beyond {cfg.name}'s context of {cfg.max_seq_len} tokens; costed anyway (shape-only: "
+            "no weights run; `generate` and `serve` refuse it)"]
 
 
 def prefill_ledger(dec: DecodeProgram, pre: PrefillProgram, n_tokens: int, batch: int = 1,
@@ -100,7 +107,7 @@ def predict(cfg: ModelConfig, spec: DeviceSpec, *, phase: str, grid: GridArg = "
     """Shape-only prediction for a model on a device (see the module docstring for the phases).
 
     grid / prefill_grid: 'RxC', (R, C) or 'auto' = the autotuner (perf/autotune.autotuned)."""
-    check_args(cfg, phase, context=context, input_len=input_len, output_len=output_len, batch=batch)
+    warnings = check_args(cfg, phase, context=context, input_len=input_len, output_len=output_len, batch=batch)
     tokens = context if phase == "decode" else (input_len + output_len if phase == "e2e" else 1)
     if strategy not in STRATEGIES:
         raise PredictError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
@@ -152,7 +159,7 @@ def predict(cfg: ModelConfig, spec: DeviceSpec, *, phase: str, grid: GridArg = "
                       fits=wafers == 1 and tokens * batch <= cap[policy] and pre_fits,
                       layers_per_region=plan.layers_per_region,
                       utilization=utilization(cfg, spec, plan, pre, phase, led, tokens, input_len, batch),
-                      ttft_s=ttft, tpot_s=tpot)
+                      ttft_s=ttft, tpot_s=tpot, warnings=tuple(warnings))
 
 
 def utilization(cfg, spec, plan, pre, phase: str, led: Ledger, context: int, input_len: int, batch: int) -> dict:
