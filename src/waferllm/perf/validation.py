@@ -66,20 +66,17 @@ def _strategy_prefill_tps(spec: DeviceSpec, strategy: str, side: int) -> float:
 
 def baseline_targets() -> list[Target]:
     """T10 and Ladder prefill (Table 3) and decode (Table 4), Llama3-8B on WSE-2 at the paper's grids."""
+    phases = (("prefill", PREFILL_SIDES, "4096 tokens", "Table 3 prefill", _strategy_prefill_tps),
+              ("decode", DECODE_SIDES, "4K context", "Table 4 decode", _strategy_decode_tps))
     out = []
     for strategy, name in BASELINES.items():
-        f = figure(f"prefill_llama3_8b_{strategy}")
-        for side, v in zip(PREFILL_SIDES, f["value"]):
-            out.append(Target(id=f"{f['id']}_{side}", what=f"{name} prefill tokens/s, {MODEL}, 4096 tokens, "
-                              f"{side}x{side} (one layer x layers)", published=v, unit="tok/s", check="within10",
-                              table="Table 3 prefill", system=name, figure=f["id"],
-                              predict=lambda s, st=strategy, g=side: _strategy_prefill_tps(s, st, g)))
-        f = figure(f"decode_llama3_8b_{strategy}")
-        for side, v in zip(DECODE_SIDES, f["value"]):
-            out.append(Target(id=f"{f['id']}_{side}", what=f"{name} decode tokens/s, {MODEL}, 4K context, "
-                              f"{side}x{side} (one layer x layers)", published=v, unit="tok/s", check="within10",
-                              table="Table 4 decode", system=name, figure=f["id"],
-                              predict=lambda s, st=strategy, g=side: _strategy_decode_tps(s, st, g)))
+        for phase, sides, setting, table, fn in phases:
+            f = figure(f"{phase}_llama3_8b_{strategy}")
+            for side, v in zip(sides, f["value"]):
+                out.append(Target(id=f"{f['id']}_{side}", what=f"{name} {phase} tokens/s, {MODEL}, {setting}, "
+                                  f"{side}x{side} (one layer x layers)", published=v, unit="tok/s", check="within10",
+                                  table=table, system=name, figure=f["id"],
+                                  predict=lambda s, st=strategy, g=side, fn=fn: fn(s, st, g)))
     return out
 
 
