@@ -15,6 +15,7 @@ partial scores then carry every KV head and reduce over the whole row.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,8 +66,10 @@ class HeadLayout:
         return d % (self.head_dim // 2)
 
 
+@lru_cache(maxsize=1024)
 def head_layout(cols: int, head_dim: int, n_kv: int, n_rep: int) -> HeadLayout:
-    """Cut the K/V dims over `cols` columns (whole columns per head when cols >= Hkv)."""
+    """Cut the K/V dims over `cols` columns (whole columns per head when cols >= Hkv). Cached: plans and
+    costings ask for the same layout many times; its arrays are read-only."""
     half = head_dim // 2
     inner = np.stack([np.arange(half), np.arange(half) + half], axis=1).reshape(-1)  # 0, h/2, 1, h/2+1, ...
     aligned = cols >= n_kv
@@ -85,5 +88,7 @@ def head_layout(cols: int, head_dim: int, n_kv: int, n_rep: int) -> HeadLayout:
         padded[:len(flat)] = flat
         dim = padded.reshape(cols, cb)
     head = np.where(dim >= 0, dim // head_dim, -1)
+    dim.setflags(write=False)
+    head.setflags(write=False)
     return HeadLayout(cols=cols, head_dim=head_dim, n_kv=n_kv, n_rep=n_rep, aligned=aligned, cb=cb, dim=dim,
                       head=head)

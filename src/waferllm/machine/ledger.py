@@ -20,8 +20,11 @@ class PhaseCost:
     macs: float = 0.0  # MACs per core on the critical path
 
     def add(self, other: "PhaseCost", times: int = 1) -> None:
-        for k, v in asdict(other).items():
-            setattr(self, k, getattr(self, k) + v * times)
+        for k in _PHASE_FIELDS:  # not asdict(): this runs for every charge and merge
+            setattr(self, k, getattr(self, k) + getattr(other, k) * times)
+
+
+_PHASE_FIELDS = tuple(PhaseCost.__dataclass_fields__)
 
 
 @dataclass
