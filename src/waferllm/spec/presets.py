@@ -18,12 +18,12 @@ JOINT = (f"{FIT}, jointly with the other latency constants, to {CAL} gemv_16k, g
 # figures named in each source string and to nothing else (docs/cost-model.md, "Calibration").
 _WSE2_FITTED = dict(
     fp16_macs_per_cycle=4.0,
-    alpha_cycles_per_hop=1.153,
-    beta_cycles_per_relay=6.477,
-    relay_cycles_per_element=3.935,
-    message_overhead_cycles=102.421,
-    step_overhead_cycles=0.949,
-    collective_overhead_cycles=0.723,
+    alpha_cycles_per_hop=1.176,
+    beta_cycles_per_relay=6.435,
+    relay_cycles_per_element=3.875,
+    message_overhead_cycles=102.678,
+    step_overhead_cycles=0.879,
+    collective_overhead_cycles=0.334,
     vector_op_overhead_cycles=0.0,
 )
 
