@@ -268,3 +268,15 @@ def test_subprocess_one_line_exit_2(argv, msg):
     assert res.returncode == 2 and res.stdout == b"", err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("waferllm: error: ") and msg in lines[0], err
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["sweep", "--model", ""], "--model is empty"),
+    (["sweep", "--paper", "--model", " "], "--model is empty"),
+    (["predict", "--model", "", "--phase", "decode"], "empty model name; presets:"),
+    (["generate", "--model", "", "--prompt", "a"], "empty model name; known: smollm2-135m"),
+])
+def test_an_empty_model_name_is_an_error_not_the_default(capsys, argv, msg):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0], err

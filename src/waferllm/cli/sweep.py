@@ -76,9 +76,10 @@ def run(args) -> int:
     _check_plot(args.plot)
     if args.paper:
         return run_paper(args, spec)
-    cfgs = [get_config(m.strip()) for m in (args.model or DEFAULT_MODEL).split(",") if m.strip()]
-    if not cfgs:
-        raise ArgError("--model is empty")
+    cfgs = [get_config(m.strip()) for m in (DEFAULT_MODEL if args.model is None else args.model).split(",")
+            if m.strip()]
+    if not cfgs:  # `--model ""` is a mistake, not a request for the default
+        raise ArgError(f"--model is empty; give a preset ({DEFAULT_MODEL}, ...) or a config file")
     phases = ["prefill", "decode"] if args.phase in (None, "all") else [args.phase]
     for cfg in cfgs:  # the same one-line errors (and context warnings) as `waferllm predict`, before any work
         for ph in phases:
@@ -159,7 +160,9 @@ def run_paper(args, spec) -> int:
     from waferllm.perf.predict import check_args
     from waferllm.report.html import E2E_INPUT, E2E_OUTPUT, PAPER_MODELS, paper_tables
 
-    models = [m.strip() for m in args.model.split(",") if m.strip()] if args.model else list(PAPER_MODELS)
+    models = list(PAPER_MODELS) if args.model is None else [m.strip() for m in args.model.split(",") if m.strip()]
+    if not models:
+        raise ArgError("--model is empty; give presets, or leave it out for the paper's models")
     for m in models:  # unknown names fail here in one line; lengths past a model's context are warnings
         cfg = get_config(m)
         for ph, n in (("prefill", {"input_len": args.input_len}), ("decode", {"context": args.context}),

@@ -35,6 +35,8 @@ def known_models() -> list[str]:
 def resolve_model(name_or_path: str | Path) -> ModelSource:
     """A bundled model name, a .gguf file or a HF folder -> ModelSource; ModelError otherwise."""
     key = str(name_or_path)
+    if not key.strip():
+        raise ModelError(f"empty model name; known: {known_list(BUNDLED)}, or pass a .gguf file or a HF folder")
     if key in BUNDLED:
         return ModelSource(name=key, kind="gguf", path=find_bundled_gguf(key))
     path = Path(key).expanduser()
@@ -77,6 +79,8 @@ def _search_dirs() -> list[Path]:
 def get_config(name_or_path: str | Path) -> ModelConfig:
     """A preset by name, or the config of a HF folder / config.json / .gguf path."""
     key = str(name_or_path)
+    if not key.strip():
+        raise ModelError(f"empty model name; presets: {known_list(PRESETS)}, or a config.json, HF folder or .gguf")
     if key in PRESETS:
         return PRESETS[key]
     path = Path(key).expanduser()
