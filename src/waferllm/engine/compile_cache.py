@@ -7,7 +7,6 @@ XDG_CACHE_HOME is unset, the XDG base-directory standard). The CLI sets it up on
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from waferllm import WaferError
@@ -21,9 +20,9 @@ class CompileCacheError(WaferError):
 
 def default_cache_dir() -> Path:
     """$XDG_CACHE_HOME/waferllm/jax, or ~/.cache/waferllm/jax (a relative XDG_CACHE_HOME is ignored, per the spec)."""
-    base = os.environ.get("XDG_CACHE_HOME", "")
-    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".cache"
-    return root / "waferllm" / "jax"
+    from waferllm.model.cache import cache_root
+
+    return cache_root() / "jax"
 
 
 def enable_compile_cache(where: str | Path | None = None) -> Path | None:

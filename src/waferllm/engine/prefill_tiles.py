@@ -165,20 +165,16 @@ class PrefillLayout:
         return interleave_order(self.rows)[token // self.mb], token % self.mb
 
 
-def _take(a: np.ndarray, idx: np.ndarray, axis: int) -> np.ndarray:
-    return layout.take_padded(a, idx, axis)
-
-
 def place_matrix(mesh: Mesh, w: np.ndarray, kmap: np.ndarray, nmap: np.ndarray, dtype) -> jax.Array:
     """W[K, N] -> MeshGEMM B stacks [R, C, sB, kb, nb] with K in the input's column order (kmap, by ring
     position) and N in the output's (nmap): the GEMM reads activations and writes them in place."""
-    wk = _take(np.asarray(w, np.float32), kmap.reshape(-1), 0)
-    return place_b(mesh, _take(wk, nmap.reshape(-1), 1).astype(dtype, copy=False))
+    wk = layout.take_padded(np.asarray(w, np.float32), kmap.reshape(-1), 0)
+    return place_b(mesh, layout.take_padded(wk, nmap.reshape(-1), 1).astype(dtype, copy=False))
 
 
 def vector_by_column(lay: PrefillLayout, v: np.ndarray, colmap: np.ndarray) -> jax.Array:
     """v[N] -> [C, w] per physical column (replicated along Y): norms and biases."""
-    return jnp.asarray(_take(np.asarray(v, np.float32), lay.by_core(colmap).reshape(-1), 0).reshape(lay.cols, -1))
+    return jnp.asarray(layout.take_padded(np.asarray(v, np.float32), lay.by_core(colmap).reshape(-1), 0).reshape(lay.cols, -1))
 
 
 def place_weights(cfg: ModelConfig, weights: ModelWeights, mesh: Mesh, dtype) -> list[dict]:

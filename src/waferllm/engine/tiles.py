@@ -60,29 +60,24 @@ def _qkv_columns(cfg: ModelConfig, plan: DecodePlan) -> np.ndarray:
     return np.concatenate([q, k, v], axis=1)
 
 
-def _take_cols(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """a[..., idx] with -1 -> 0 (a new array)."""
-    return layout.take_padded(a, idx, -1)
-
-
 def layer_tiles(cfg: ModelConfig, plan: DecodePlan, lw: LayerWeights) -> dict[str, np.ndarray]:
     """One layer's weights cut into tiles (numpy float32)."""
     R, C, kb, fb = plan.rows, plan.cols, plan.kb, plan.fb
     cols = _qkv_columns(cfg, plan)  # [C, qkv]
     wcat = np.concatenate([lw.wq, lw.wk, lw.wv], axis=1)  # [D, q+2kv]
-    wqkv = _split_rows(_take_cols(wcat, cols), R, kb)  # [R, kb, C, qkv]
+    wqkv = _split_rows(layout.take_padded(wcat, cols), R, kb)  # [R, kb, C, qkv]
     out = {"attn_norm": _split_rows(lw.attn_norm, R, kb), "ffn_norm": _split_rows(lw.ffn_norm, R, kb),
            "wqkv": wqkv}
     if cfg.qkv_bias:
-        out["bqkv"] = _take_cols(np.concatenate([lw.bq, lw.bk, lw.bv]), cols)  # [C, qkv]
+        out["bqkv"] = layout.take_padded(np.concatenate([lw.bq, lw.bk, lw.bv]), cols)  # [C, qkv]
     qrows = cols[:, : plan.heads.cb * plan.heads.n_rep]  # [C, cb*n_rep] rows of wo
-    wo = _take_cols(lw.wo.T, qrows)  # [D, C, cb*n_rep]
+    wo = layout.take_padded(lw.wo.T, qrows)  # [D, C, cb*n_rep]
     out["wo"] = _split_rows(wo, R, kb).transpose(2, 3, 0, 1)  # [C, cb*n_rep, R, kb]
     f = np.arange(C * fb)
     fidx = np.where(f < cfg.ffn_dim, f, -1).reshape(C, fb)
-    gu = np.concatenate([_take_cols(lw.w_gate, fidx), _take_cols(lw.w_up, fidx)], axis=-1)  # [D, C, 2fb]
+    gu = np.concatenate([layout.take_padded(lw.w_gate, fidx), layout.take_padded(lw.w_up, fidx)], axis=-1)  # [D, C, 2fb]
     out["wgu"] = _split_rows(gu, R, kb)
-    wd = _take_cols(lw.w_down.T, fidx)  # [D, C, fb]
+    wd = layout.take_padded(lw.w_down.T, fidx)  # [D, C, fb]
     out["wdown"] = _split_rows(wd, R, kb).transpose(2, 3, 0, 1)  # [C, fb, R, kb]
     return out
 
@@ -92,7 +87,7 @@ def vocab_tiles(mat_dv: np.ndarray, plan: DecodePlan) -> np.ndarray:
     cl, vb = plan.lm_cols, plan.vb
     v = np.arange(cl * vb)
     vidx = np.where(v < mat_dv.shape[1], v, -1).reshape(cl, vb)
-    return _split_rows(_take_cols(mat_dv, vidx), plan.rows, plan.kb)
+    return _split_rows(layout.take_padded(mat_dv, vidx), plan.rows, plan.kb)
 
 
 def mesh_weights(cfg: ModelConfig, weights: ModelWeights, plan: DecodePlan) -> MeshWeights:

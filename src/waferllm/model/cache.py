@@ -28,11 +28,15 @@ OFF = "off"
 _WEIGHTS, _META = "weights.safetensors", "meta.json"
 
 
-def default_checkpoint_cache_dir() -> Path:
-    """$XDG_CACHE_HOME/waferllm/checkpoints, or ~/.cache/waferllm/checkpoints (XDG base-directory rules)."""
+def cache_root() -> Path:
+    """$XDG_CACHE_HOME/waferllm, or ~/.cache/waferllm (a relative XDG_CACHE_HOME is ignored, per the spec)."""
     base = os.environ.get("XDG_CACHE_HOME", "")
-    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".cache"
-    return root / "waferllm" / "checkpoints"
+    return (Path(base) if base and os.path.isabs(base) else Path.home() / ".cache") / "waferllm"
+
+
+def default_checkpoint_cache_dir() -> Path:
+    """cache_root()/checkpoints."""
+    return cache_root() / "checkpoints"
 
 
 def entry_key(path: Path) -> str:
