@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -94,11 +95,18 @@ def launch_local(argv: list[str], n: int) -> int:
     for i in range(n):
         cmd = [sys.executable, "-m", "waferllm.cli", *argv, "--coordinator", f"127.0.0.1:{port}", "--process-id", str(i)]
         log = tempfile.TemporaryFile() if i else None
-        procs.append(subprocess.Popen(cmd, stdout=None if i == 0 else subprocess.DEVNULL, stderr=log))
+        # a session of their own: a terminal's Ctrl-C reaches this launcher alone, which stops process 0
+        # cleanly (a server then tells the others to stop) instead of interrupting collectives mid-way
+        procs.append(subprocess.Popen(cmd, stdout=None if i == 0 else subprocess.DEVNULL, stderr=log,
+                                      start_new_session=True))
         logs.append(log)
+    stop = lambda signum, frame: procs[0].poll() is None and procs[0].send_signal(signal.SIGTERM)  # noqa: E731
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return _wait_all(procs, logs)
     finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
         for p in procs:
             if p.poll() is None:
                 p.kill()

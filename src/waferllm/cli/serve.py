@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 
+import waferllm.cli.distributed as distributed
 from waferllm import WaferError
 from waferllm.cli.args import ArgError, add_device_args, add_model_args, device_from_args, load_model_from_args
 
@@ -42,6 +44,7 @@ def add_parser(sub) -> None:
     p.add_argument("--api-key-file", default=None, metavar="PATH", help="read the API key from a file")
     p.add_argument("--allow-unauthenticated", action="store_true",
                    help="serve on a non-loopback host without an API key")
+    distributed.add_distributed_args(p)
     p.set_defaults(func=run)
 
 
@@ -82,13 +85,11 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def build(args, api_key: str | None = None):
-    """(scheduler, app) for the parsed arguments; the model loads once, here."""
+def build_engine(args):
+    """The placed model for the parsed arguments (every process of a multi-process run builds the same)."""
     from waferllm.engine.generate import Engine
     from waferllm.engine.grids import resolve_grids
     from waferllm.engine.placement import smallest_fit
-    from waferllm.engine.scheduler import Scheduler
-    from waferllm.server.app import ServerConfig, create_app
 
     spec = device_from_args(args)
     cfg, weights, tok = load_model_from_args(args)
@@ -96,14 +97,38 @@ def build(args, api_key: str | None = None):
     grids = resolve_grids(spec, grid=args.grid, prefill_grid=args.prefill_grid,
                           auto=smallest_fit(cfg, spec, args.dtype, args.max_batch * args.max_model_len))
     engine = Engine(cfg, weights, spec, grid=grids.decode, dtype=args.dtype, max_tokens=args.max_model_len,
-                    tokenizer=tok, kv_policy=args.kv, prefill_grid=grids.prefill)
+                    tokenizer=tok, kv_policy=args.kv, prefill_grid=grids.prefill,
+                    devices="all" if args.coordinator else None)
     per_lane = engine.lane_slots(args.max_batch)
     if per_lane < 1:
         raise ArgError(f"grid {engine.plan.grid} holds {engine.plan.kv_tokens_per_row} KV slots per row: too few "
                        f"for --max-batch {args.max_batch}; use a larger --grid or a smaller --max-batch")
-    sched = Scheduler(engine, max_batch=args.max_batch, max_queue=args.max_queue, max_tokens=args.max_model_len)
+    return engine
+
+
+def build(args, api_key: str | None = None):
+    """(scheduler, app) for the parsed arguments; the model loads once, here."""
+    from waferllm.engine.lockstep import Channel
+    from waferllm.engine.scheduler import Scheduler
+    from waferllm.server.app import ServerConfig, create_app
+
+    engine = build_engine(args)
+    channel = Channel(leader=True) if args.coordinator else None  # the other processes replay the batch
+    sched = Scheduler(engine, max_batch=args.max_batch, max_queue=args.max_queue, max_tokens=args.max_model_len,
+                      channel=channel)
     config = ServerConfig(max_body_bytes=args.max_body_bytes, api_key=api_key)
     return sched, create_app(sched, args.served_model_name or args.model, config)
+
+
+def follow(args) -> int:
+    """A process other than 0 of a multi-process server: replays process 0's batch until it stops."""
+    from waferllm.engine import lockstep
+    from waferllm.engine.scheduler import batch_slots
+
+    engine = build_engine(args)
+    slots = batch_slots(engine, args.max_batch, args.max_model_len)
+    lockstep.follow(engine, args.max_batch, slots, lockstep.Channel(leader=False))
+    return 0
 
 
 def url(sock: socket.socket) -> str:
@@ -111,19 +136,37 @@ def url(sock: socket.socket) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
 
 
-def run(args) -> int:
+def serve_until_stopped(app, sock: socket.socket) -> None:
+    """uvicorn on `sock` until SIGINT or SIGTERM. uvicorn shuts down gracefully, then raises the signal again;
+    it is caught here so that the caller still closes the scheduler (which stops the other processes)."""
     import uvicorn
 
+    caught = lambda signum, frame: None  # noqa: E731
+    old = {sig: signal.signal(sig, caught) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def run(args) -> int:
+    distributed.check(args)
     key = check_args(args)
+    if distributed.launching(args):  # N local processes of this same command; process 0 serves
+        return distributed.launch_local(args.argv, args.num_processes)
+    if not distributed.join(args):
+        return follow(args)
     sock = bind(args.host, args.port)
     sched = None
     try:
         sched, app = build(args, key)
-        p = sched.engine.plan
-        print(f"waferllm: serving {sched.engine.cfg.name} on {sched.engine.spec.name}, decode grid {p.grid}, "
+        p, world = sched.engine.plan, distributed.world(sched.engine.devices)
+        spread = f" over {world['processes']} processes" if world["processes"] > 1 else ""
+        print(f"waferllm: serving {sched.engine.cfg.name} on {sched.engine.spec.name}, decode grid {p.grid}{spread}, "
               f"{args.max_batch} lanes x {sched.batch.slots} KV slots/row, {url(sock)}"
               f"{'' if key else ' (no API key)'}", file=sys.stderr, flush=True)
-        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+        serve_until_stopped(app, sock)
     finally:
         if sched is not None:
             sched.close()

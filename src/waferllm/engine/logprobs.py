@@ -15,6 +15,7 @@ import numpy as np
 
 from waferllm.engine.decode import DecodeProgram
 from waferllm.machine import Ledger, Mesh, noc, ops
+from waferllm.machine.shard import to_host
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,7 +58,7 @@ class LogprobHead:
 
     def token(self, logits_x, token_id: int, top_n: int = 0) -> TokenLogprob:
         """token_id's logprob under logits_x [C_lm, vb] and the top_n most likely tokens."""
-        lp = np.asarray(self._run(jnp.asarray(logits_x, jnp.float32))).reshape(-1)[: self.vocab_size]
+        lp = to_host(self._run(jnp.asarray(logits_x, jnp.float32))).reshape(-1)[: self.vocab_size]
         top: tuple[tuple[int, float], ...] = ()
         if top_n:
             k = min(top_n, lp.size)

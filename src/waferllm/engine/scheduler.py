@@ -18,7 +18,8 @@ from typing import Callable, Sequence
 
 from waferllm import WaferError
 from waferllm.engine.batch import Batch
-from waferllm.engine.logprobs import LogprobHead, TokenLogprob
+from waferllm.engine.lockstep import IDLE_S, Channel, LeaderBatch, LogitsBatch
+from waferllm.engine.logprobs import TokenLogprob
 from waferllm.engine.sampling import SamplingParams
 from waferllm.engine.textgen import GenerationResult, TextStream, push_token
 
@@ -59,12 +60,15 @@ class Request:
 class Scheduler:
     """Owns the engine's decode batch: up to max_batch sequences, up to max_queue waiting requests."""
 
-    def __init__(self, engine, *, max_batch: int = 8, max_queue: int = 64, max_tokens: int | None = None):
+    def __init__(self, engine, *, max_batch: int = 8, max_queue: int = 64, max_tokens: int | None = None,
+                 channel: Channel | None = None):
+        """channel: the other processes of a multi-process run replay this batch (engine/lockstep.py)."""
         self.engine, self.max_batch, self.max_queue = engine, max_batch, max_queue
-        max_tokens = max_tokens or engine.max_tokens
-        slots = engine.slots_for(1, max_tokens - 1, max_batch)  # one lane's share, enough for max_tokens
-        self.batch = _LogitsBatch(engine, max_batch, slots)
-        self.head = LogprobHead(engine.prog, engine.cfg.vocab_size)
+        slots = batch_slots(engine, max_batch, max_tokens)
+        self.batch = LogitsBatch(engine, max_batch, slots) if channel is None else \
+            LeaderBatch(engine, max_batch, slots, channel)
+        self.head = self.batch.head
+        self.idle_s = None if channel is None else IDLE_S
         self.waiting: collections.deque[Request] = collections.deque()
         self.running: dict = {}  # Seq -> Request
         self.admitting = 0  # taken off the queue, not yet in `running` (its prefill is running)
@@ -115,8 +119,10 @@ class Scheduler:
         while True:
             with self.cv:
                 while not self._stop and not self.waiting and not self.running:
-                    self.cv.wait()
+                    if not self.cv.wait(self.idle_s) and self.idle_s is not None:
+                        self.batch.idle()  # the followers' collective returns, and they wait again
                 if self._stop:
+                    self.batch.close()
                     return
             try:
                 self._tick()
@@ -180,7 +186,7 @@ class Scheduler:
         """token_id's log-probability from the LM head's logits that chose it; its cost joins the token's time."""
         if req.logprobs is None:
             return None
-        lp = self.head.token(seq.logits_x, token_id, req.logprobs)
+        lp = self.batch.logprob(seq, token_id, req.logprobs)
         led = self.head.ledger(req.logprobs)
         self.engine.ledger.merge(led)
         t = seq.timing
@@ -213,9 +219,6 @@ def _tell(req: Request, ev: Event) -> None:
         req.cancel()
 
 
-class _LogitsBatch(Batch):
-    """A Batch that keeps each sequence's latest logits_x, for the requests that ask for logprobs."""
-
-    def _emit(self, seq, greedy_tok: int, logits, first: bool):
-        seq.logits_x = logits
-        return super()._emit(seq, greedy_tok, logits, first)
+def batch_slots(engine, max_batch: int, max_tokens: int | None = None) -> int:
+    """KV slots per row of one lane: its share of the cache, enough for max_tokens (default the engine's)."""
+    return engine.slots_for(1, (max_tokens or engine.max_tokens) - 1, max_batch)
