@@ -41,3 +41,33 @@ def test_bad_distributed_flags_are_one_line(args, needle):
     res = _run("generate", "--prompt", "a", *args, timeout=120)
     assert res.returncode == 2 and needle in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+
+
+def test_processes_die_with_their_launcher():
+    """A launcher killed outright (SIGKILL: no clean-up runs) takes its processes with it."""
+    import os
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "waferllm.cli", *COMMON, "--num-processes", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kids, deadline = [], time.time() + 60
+    while len(kids) < 2 and time.time() < deadline:
+        out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout
+        kids = [int(p) for p in out.split()]
+        time.sleep(0.2)
+    assert len(kids) == 2
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 30
+    while any(os.path.exists(f"/proc/{k}") and "Z" not in _state(k) for k in kids) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(os.path.exists(f"/proc/{k}") and "Z" not in _state(k) for k in kids)
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"

@@ -5,6 +5,7 @@ logprobs, predicted figures, requests batched together; a SIGTERM stops every pr
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import signal
 import subprocess
 import sys
@@ -56,7 +57,7 @@ def two_process_server(tmp_path_factory):
     assert proc.poll() is None, log.read_text()
     yield {"url": url, "proc": proc, "log": log}
     if proc.poll() is None:
-        proc.kill()
+        proc.kill()  # its processes get SIGTERM from the kernel when it dies (PR_SET_PDEATHSIG)
 
 
 @pytest.mark.slow
@@ -74,10 +75,18 @@ def test_two_process_server_answers_as_one_process(two_process_server, server):
     assert health["running"] == 0 and health["steps"] > 0
 
 
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
 @pytest.mark.slow
 def test_sigterm_stops_every_process(two_process_server):
     proc, log = two_process_server["proc"], two_process_server["log"]
     time.sleep(6)  # past an idle tick: the follower has waited through at least one "idle" command
+    kids = _children(proc.pid)
+    assert len(kids) == 2
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 0, log.read_text()
+    assert not any(os.path.exists(f"/proc/{k}") for k in kids)
     assert "over 2 processes" in log.read_text()

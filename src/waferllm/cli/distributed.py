@@ -98,7 +98,7 @@ def launch_local(argv: list[str], n: int) -> int:
         # a session of their own: a terminal's Ctrl-C reaches this launcher alone, which stops process 0
         # cleanly (a server then tells the others to stop) instead of interrupting collectives mid-way
         procs.append(subprocess.Popen(cmd, stdout=None if i == 0 else subprocess.DEVNULL, stderr=log,
-                                      start_new_session=True))
+                                      start_new_session=True, preexec_fn=_die_with_parent))
         logs.append(log)
     stop = lambda signum, frame: procs[0].poll() is None and procs[0].send_signal(signal.SIGTERM)  # noqa: E731
     old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -131,6 +131,16 @@ def _wait_all(procs, logs) -> int:
         if all(c == 0 for c in codes):
             return 0
         time.sleep(0.05)
+
+
+def _die_with_parent() -> None:
+    """In a started process (Linux): SIGTERM when the launcher dies, even by SIGKILL, so that no process is
+    left holding a port or waiting on a collective. Elsewhere the launcher's own clean-up is all there is."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _free_port() -> int:
