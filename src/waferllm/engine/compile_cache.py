@@ -2,7 +2,8 @@
 
 The cache lives in the user's cache directory, $XDG_CACHE_HOME/waferllm/jax (~/.cache/waferllm/jax when
 XDG_CACHE_HOME is unset, the XDG base-directory standard). The CLI sets it up once, at entry
-(`waferllm --compile-cache DIR|off`); library users call enable_compile_cache themselves.
+(`waferllm --compile-cache DIR|off`); library users call enable_compile_cache themselves. The same setting
+keeps the engine's traced cost ledgers in DIR/waferllm-ledgers (engine/trace_store.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from waferllm import WaferError
 
 OFF = "off"
+LEDGERS = "waferllm-ledgers"  # the subfolder of traced ledgers
 
 
 class CompileCacheError(WaferError):
@@ -34,8 +36,11 @@ def enable_compile_cache(where: str | Path | None = None) -> Path | None:
     """
     import jax
 
+    from waferllm.engine import trace_store
+
     if str(where) == OFF:
         jax.config.update("jax_enable_compilation_cache", False)
+        trace_store.enable(None)
         return None
     path = Path(where).expanduser() if where is not None else default_cache_dir()
     try:
@@ -43,10 +48,12 @@ def enable_compile_cache(where: str | Path | None = None) -> Path | None:
     except OSError as e:
         if where is None:  # the default location is a convenience: run uncached rather than fail
             jax.config.update("jax_enable_compilation_cache", False)
+            trace_store.enable(None)
             return None
         raise CompileCacheError(f"cannot use {str(path)!r} as the compile cache: {e.strerror or e}") from None
     jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    trace_store.enable(path / LEDGERS)  # traced ledgers too (engine/trace_store.py); JAX keeps only *-cache files
     return path

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from waferllm.engine import kv
+from waferllm.engine import trace_store
 from waferllm.engine.decode import DecodeProgram
 from waferllm.engine.tiles import DTYPES
 from waferllm.machine import Ledger, Mesh, PhaseCost, noc, ops
@@ -164,8 +165,14 @@ def shared_ledger(what: tuple, prog, grid: tuple[int, int], held: dict[str, int]
 
 
 def _cached(cache: dict, key: tuple, make: Callable[[], Ledger]) -> Ledger:
+    """cache[key], else the trace store's entry (traces kept on disk by an earlier run), else make() (stored)."""
     if key not in cache:
-        cache[key] = make()
+        led = trace_store.load(key) if key[0] != "own" else None
+        if led is None:
+            led = make()
+            if key[0] != "own":
+                trace_store.save(key, led)
+        cache[key] = led
     return cache[key]
 
 
