@@ -37,8 +37,9 @@ def test_two_processes_equal_one():
     (("--coordinator", "nohost", "--process-id", "0"), "--coordinator must be HOST:PORT"),
     (("--coordinator", "127.0.0.1:1", "--process-id", "2", "--num-processes", "2"), "--process-id must be in 0..1"),
 ])
-def test_bad_distributed_flags_are_one_line(args, needle):
-    res = _run("generate", "--prompt", "a", *args, timeout=120)
+@pytest.mark.parametrize("command", [("generate", "--prompt", "a"), ("serve", "--port", "0")])
+def test_bad_distributed_flags_are_one_line(command, args, needle):
+    res = _run(*command, *args, timeout=120)
     assert res.returncode == 2 and needle in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
 
