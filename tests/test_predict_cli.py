@@ -121,12 +121,12 @@ def test_llama31_presets_are_the_published_configs():
 
 def test_predict_e2e_batch_json():
     res = _run("--model", "llama3-8b", "--phase", "e2e", "--grid", "420x420", "--prefill-grid", "480x480",
-               "--input-len", "1024", "--output-len", "16", "--batch", "2", "--json")
+               "--input-len", "1024", "--output-len", "16", "--batch", "2", "--dtype", "float32", "--json")
     assert res.returncode == 0, res.stderr
     o = json.loads(res.stdout)
     assert o["tokens_per_s"] == pytest.approx(16 * 2 / o["time_s"])
     assert o["time_s"] == pytest.approx(2 * o["ttft_s"] + 15 * o["tpot_s"])
-    assert o["wafers"] >= 2 and "decode/interwafer" in o["breakdown"]  # 8B at 16 bit overflows one wafer
+    assert o["wafers"] >= 2 and "decode/interwafer" in o["breakdown"]  # 8B at 32 bit overflows one wafer
     assert 0 < o["utilization"]["mac"] < 1 and 0 < o["utilization"]["sram_bandwidth"] < 1
     for k in ("cycles", "grid", "prefill_grid", "breakdown", "peak_core_bytes", "routes_per_core",
               "kv_capacity_tokens", "fits"):
@@ -156,21 +156,24 @@ def test_predict_agrees_with_the_engine(engine_for, smollm):
     assert timing is not None
 
 
-def test_mesh_oblivious_strategies_are_orders_of_magnitude_slower():
-    """T10-style (crossbar memory) and Ladder-style (shared memory) plans on the same wafer (paper s7)."""
+def test_mesh_oblivious_strategies_are_slower_as_the_paper_measured():
+    """T10-style (crossbar memory) and Ladder-style (shared memory) plans on the same wafer (paper s7): T10's
+    decode a few times slower than ours, Ladder's two orders; both prefills two-plus orders slower."""
     from waferllm.model import get_config
     from waferllm.perf.predict import predict
     from waferllm.spec import get_device
 
     cfg, spec = get_config("llama3-8b"), get_device("wse2")
-    kw = dict(grid="360x360", prefill_grid="660x660", input_len=1024, context=1024)
+    kw = dict(grid="420x420", prefill_grid="660x660", input_len=1024, context=1024)
     ours = {ph: predict(cfg, spec, phase=ph, **kw).tokens_per_s for ph in ("decode", "prefill")}
+    gaps = {}
     for strategy in ("t10", "ladder"):
         dec = predict(cfg, spec, phase="decode", strategy=strategy, **kw)
         pre = predict(cfg, spec, phase="prefill", strategy=strategy, **kw)
         assert dec.strategy == strategy
-        assert ours["decode"] / dec.tokens_per_s > 100  # decode is all latency: two-plus orders of magnitude
-        assert ours["prefill"] / pre.tokens_per_s > 2  # prefill is mostly compute, the gap is smaller
+        gaps[strategy] = ours["decode"] / dec.tokens_per_s, ours["prefill"] / pre.tokens_per_s
+    assert 3 < gaps["t10"][0] < 20 and gaps["ladder"][0] > 100  # decode: latency-bound collectives
+    assert gaps["t10"][1] > 30 and gaps["ladder"][1] > 3 * gaps["t10"][1]  # prefill: one exchange per step
 
 
 def test_unknown_strategy_one_line():

@@ -89,6 +89,7 @@ def run_calibrate(args) -> int:
     from rich.progress import Progress
 
     from waferllm.cli.predict import no_limits_error
+    from waferllm.perf.baseline_fit import fit_baselines, fit_fields
     from waferllm.perf.calibrate import FIT_FIELDS, calibrate
 
     no_limits_error(args, "calibrate")
@@ -96,7 +97,8 @@ def run_calibrate(args) -> int:
     with Progress(transient=True, disable=args.json) as prog:
         task = prog.add_task("fitting (each trial costs the GEMVs and Llama3-8B layers shape-only)", total=None)
         fitted, report = calibrate(spec, progress=lambda: prog.advance(task))
-    fields = ("fp16_macs_per_cycle",) + FIT_FIELDS
+        fitted, report["baselines"] = fit_baselines(fitted, progress=lambda: prog.advance(task))  # T10, Ladder
+    fields = ("fp16_macs_per_cycle",) + FIT_FIELDS + fit_fields()
     if args.json:
         print(json_text({"fits": report, "values": {k: getattr(fitted, k) for k in fields}}))
         return 0
@@ -104,4 +106,6 @@ def run_calibrate(args) -> int:
     j = report["joint"]
     print(table(["figure", "residual"], [[k, f"{v:+.1f}%"] for k, v in j["residual_pct"].items()]))
     print(f"fitted to: {', '.join(j['fitted_to'])}; cost by fp16 MACs/cycle: {j['cost_by_fp16']}")
+    for name, b in report.get("baselines", {}).items():  # perf/baseline_fit.py: each baseline's own rows
+        print(f"{name}: " + ", ".join(f"{k} {v:+.1f}%" for k, v in b["residual_pct"].items()))
     return 0

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from waferllm.machine import shard
+from waferllm.machine import baselines, shard
 from waferllm.machine.mesh import Array, Mesh, is_abstract, tile_bytes
 from waferllm.machine.ops import times as ops_times
 from waferllm.machine.rings import default_groups, ring_hops, ring_src
@@ -83,22 +83,14 @@ def _emit(mesh: Mesh, rec, overhead: float = 0.0) -> None:
                      lines=None if lines is None else (rec.axis, np.asarray(lines, bool)))
 
 
-# --- mesh-oblivious baselines (the paper's T10 and Ladder comparisons) -------------
-# t10: cores are a crossbar-connected distributed memory; data sits by core id, so a logical neighbour
-#   is anywhere on the grid: every message crosses the mean distance (R + C) / 3 and, with no configured
-#   route for an arbitrary pair (32 routes per router), is relayed in software at every hop. No
-#   multicast; reductions are rings over core ids.
-# ladder: the distributed SRAM is one shared memory; operands are fetched from their owner cores
-#   (request + response) and reductions accumulate at the owner, which serves every other core in turn.
-def scatter_hops(mesh: Mesh) -> float:
-    """Mean hops between two cores placed without regard to distance on this grid."""
-    return (mesh.rows + mesh.cols) / 3
-
-
-def _oblivious(mesh: Mesh, nbytes: float, messages: float) -> tuple[float, float, float]:
-    """(cycles, hops, stages) of `messages` relayed point-to-point messages in sequence."""
-    d = scatter_hops(mesh)
-    return messages * transfer_cycles(mesh, nbytes, d, d), messages * d, messages * d
+# --- mesh-oblivious baselines (the paper's T10 and Ladder comparisons): machine/baselines.py ------------
+def _baseline(mesh: Mesh, cost: tuple[float, float, float], overhead: float = 0.0) -> None:
+    """Charge a baseline's (cycles, hops, stages) for one primitive; a strategy whose transfers queue (serial)
+    charges them as fixed cost, which adds up within a step instead of overlapping."""
+    cyc, hops, stages = cost
+    if baselines.serial(mesh.strategy):
+        cyc, overhead = 0.0, overhead + cyc
+    mesh.charge_comm(cyc, hops=hops, stages=stages, overhead=overhead)
 
 
 # --- shifts ----------------------------------------------------------------
@@ -111,9 +103,8 @@ def shift(mesh: Mesh, x: Array, axis: str, kind: str = "interleaved", direction:
     if mesh.strategy == "waferllm":
         live = None if lines is None else tuple(bool(v) for v in np.asarray(lines).reshape(-1))
         _emit(mesh, Shift(axis, kind, direction, tile_bytes(x), live))
-    else:  # ladder fetches the tile from its owner: a request, then the data
-        cyc, hops, stages = _oblivious(mesh, tile_bytes(x), 1 if mesh.strategy == "t10" else 2)
-        mesh.charge_comm(cyc, hops=hops, stages=stages)
+    else:
+        _baseline(mesh, baselines.shift_cost(mesh, mesh.strategy, n, tile_bytes(x)))
     if is_abstract(x) or n == 1:
         return x if kind != "line" or is_abstract(x) else jnp.zeros_like(x)
     src = ring_src(n, kind, direction)
@@ -133,9 +124,8 @@ def broadcast(mesh: Mesh, x: Array, axis: str, root: int, *, switch: bool = Fals
     n = mesh.size(axis)
     if mesh.strategy == "waferllm":
         _emit(mesh, Multicast(axis, root, tile_bytes(x), switch))
-    else:  # no multicast: the root (or the shared-memory owner) serves the other n-1 cores in turn
-        cyc, h, st = _oblivious(mesh, tile_bytes(x), n - 1)
-        mesh.charge_comm(cyc, hops=h, stages=st)
+    else:
+        _baseline(mesh, baselines.broadcast_cost(mesh, mesh.strategy, n, root, tile_bytes(x)))
     if is_abstract(x):
         return x
     a = AX[axis]
@@ -159,12 +149,9 @@ def allreduce(mesh: Mesh, x: Array, axis: str, algo: str = "ktree", *, groups: i
     elems = int(math.prod(x.shape[2:])) if elems is None else elems
     if mesh.strategy == "waferllm":
         _emit(mesh, Allreduce(axis, algo, seg, elems, eb, groups), mesh.spec.collective_overhead_cycles)
-    elif mesh.strategy == "t10":  # ring over core ids: 2(p-1) relayed chunk messages
-        cost, hops, stages = _oblivious(mesh, math.ceil(elems / seg) * eb, 2 * (seg - 1)) if seg > 1 else (0, 0, 0)
-    else:  # ladder: p-1 partials accumulate at the owner, then p-1 cores read the result back
-        cost, hops, stages = _oblivious(mesh, elems * eb, 2 * (seg - 1)) if seg > 1 else (0, 0, 0)
-    if mesh.strategy != "waferllm":
-        mesh.charge_comm(cost, hops=hops, stages=stages, overhead=mesh.spec.collective_overhead_cycles)
+    else:
+        _baseline(mesh, baselines.allreduce_cost(mesh, mesh.strategy, seg, elems, eb),
+                  mesh.spec.collective_overhead_cycles)
     if is_abstract(x) or seg == 1:
         return x
     a = AX[axis]

@@ -37,6 +37,11 @@ class DeviceSpec:
     sram_bytes_per_cycle_per_core: float  # peak SRAM read bandwidth of one core (utilization figures)
     interwafer_bytes_per_s: float  # one wafer's I/O to the next wafer of a pipeline
     interwafer_latency_s: float  # one message from wafer to wafer (NIC, switch, NIC)
+    # the paper's mesh-oblivious baselines (machine/baselines.py; fitted by perf/baseline_fit.py)
+    t10_exchange_cycles: float  # T10: setting up and synchronising one compute-shift step's pair routes
+    t10_relay_cycles_per_hop: float  # T10: one hop of a collective relayed in software (no spanning route)
+    ladder_access_cycles: float  # Ladder: setting up one shared-memory collective access over the NoC
+    ladder_relay_cycles_per_hop: float  # Ladder: one store-and-forward hop of a shared-memory access
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -54,7 +59,8 @@ class DeviceSpec:
                                 f"got {getattr(self, name)!r}")
         for name in ("beta_cycles_per_relay", "relay_cycles_per_element", "message_overhead_cycles",
                      "step_overhead_cycles", "collective_overhead_cycles", "vector_op_overhead_cycles",
-                     "special_function_cycles"):
+                     "special_function_cycles", "t10_exchange_cycles", "t10_relay_cycles_per_hop",
+                     "ladder_access_cycles", "ladder_relay_cycles_per_hop"):
             if not _is_num(getattr(self, name)) or getattr(self, name) < 0:
                 raise SpecError(f"device {self.name!r}: {name} must be a finite number >= 0, "
                                 f"got {getattr(self, name)!r}")
