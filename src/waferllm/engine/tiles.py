@@ -37,7 +37,7 @@ class MeshWeights:
 def _pad(a: np.ndarray, shape) -> np.ndarray:
     if a.shape == tuple(shape):  # nothing to pad: a reshape of the caller's array is enough
         return a
-    out = np.zeros(shape, a.dtype)
+    out = layout.aligned_zeros(shape, a.dtype)
     out[tuple(slice(0, s) for s in a.shape)] = a
     return out
 
@@ -94,14 +94,15 @@ def mesh_weights(cfg: ModelConfig, weights: ModelWeights, plan: DecodePlan) -> M
     """Place a model's weights (canonical float32) onto the decode layout in the plan's dtype."""
     dt = array_dtype(plan.dtype)
     f32 = ("attn_norm", "ffn_norm", "bqkv")  # norms and biases stay fp32, like the activations
-    layers = tuple({k: jnp.asarray(v, jnp.float32 if k in f32 else dt) for k, v in layer_tiles(cfg, plan, lw).items()}
+    put = layout.to_device  # fresh aligned host tiles become device arrays without another copy (CPU)
+    layers = tuple({k: put(v, jnp.float32 if k in f32 else dt) for k, v in layer_tiles(cfg, plan, lw).items()}
                    for lw in weights.layers)
     lm = vocab_tiles(weights.lm_head, plan)
     tied = np.may_share_memory(weights.lm_head, weights.tok_emb) or cfg.tie_embeddings
-    lm_j = jnp.asarray(lm, dt)
-    emb = lm_j if tied else jnp.asarray(vocab_tiles(weights.tok_emb.T, plan), dt)
+    lm_j = put(lm, dt)
+    emb = lm_j if tied else put(vocab_tiles(weights.tok_emb.T, plan), dt)
     return MeshWeights(layers=layers, lm_head=lm_j, embed=emb,
-                       final_norm=jnp.asarray(_split_rows(weights.final_norm, plan.rows, plan.kb), jnp.float32))
+                       final_norm=put(_split_rows(weights.final_norm, plan.rows, plan.kb), jnp.float32))
 
 
 # grid axes of every tile array: which array axis runs over core rows (gy) and columns (gx)

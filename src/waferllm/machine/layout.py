@@ -38,6 +38,30 @@ def pad_to(a, shape):
     return jnp.pad(jnp.asarray(a), pads)
 
 
+ALIGN_BYTES = 64  # XLA's CPU client adopts a host buffer without copying when it is aligned to this
+
+
+def aligned_zeros(shape, dtype) -> np.ndarray:
+    """np.zeros(shape, dtype) whose data starts on an ALIGN_BYTES boundary (to_device then copies nothing)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buf = np.zeros(nbytes + ALIGN_BYTES, np.uint8)
+    off = -buf.ctypes.data % ALIGN_BYTES
+    return buf[off:off + nbytes].view(dtype).reshape(shape)
+
+
+def to_device(a: np.ndarray, dtype=None) -> Array:
+    """A host tile array as a device array of `dtype`: adopted without a copy on CPU when it is contiguous,
+    aligned and already of that dtype (a placement's own fresh arrays), else one copy. The caller never
+    writes to `a` afterwards."""
+    dtype = np.dtype(a.dtype if dtype is None else dtype)
+    if not (a.dtype == dtype and a.flags.c_contiguous and a.ctypes.data % ALIGN_BYTES == 0):
+        out = aligned_zeros(a.shape, dtype)
+        out[...] = a
+        a = out
+    return jax.device_put(a)
+
+
 def take_padded(a: np.ndarray, idx: np.ndarray, axis: int = -1) -> np.ndarray:
     """np.take(a, idx, axis) where idx < 0 gives zeros; idx of any shape replaces that axis. A new array.
 
@@ -50,10 +74,11 @@ def take_padded(a: np.ndarray, idx: np.ndarray, axis: int = -1) -> np.ndarray:
     shape = a.shape[:axis] + idx.shape + a.shape[axis + 1:]
     lead = (slice(None),) * axis
     if np.array_equal(flat[:n], np.arange(n)):  # the n valid entries come first, in order
-        out = np.zeros(a.shape[:axis] + (flat.size,) + a.shape[axis + 1:], a.dtype)
+        out = aligned_zeros(a.shape[:axis] + (flat.size,) + a.shape[axis + 1:], a.dtype)
         out[lead + (slice(0, n),)] = a[lead + (slice(0, n),)]
         return out.reshape(shape)
-    out = np.take(a, np.where(valid, flat, 0), axis=axis)
+    out = np.take(a, np.where(valid, flat, 0), axis=axis,
+                  out=aligned_zeros(a.shape[:axis] + (flat.size,) + a.shape[axis + 1:], a.dtype))
     out[lead + (~valid,)] = 0
     return out.reshape(shape)
 
