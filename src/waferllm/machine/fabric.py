@@ -232,6 +232,9 @@ class Stats:
     worst_kind: str = ""
     wavelets: float = 0.0
     reordered: int = 0  # flits served after a later-arriving flit of an earlier round (the rounds' approximation)
+    held: float = 0.0  # cycles stored messages landed late: their receiver had not posted yet (simulated steps)
+    held_worst: float = 0.0  # the most one message was held
+    held_wavelets: float = 0.0  # the most wavelets of one message that waited in the fabric for their receiver
     trace: list | None = None  # (server, flit, arrival, first departure, last departure) rows when asked for
 
     def queue(self, kind: np.ndarray, wait: np.ndarray, wav: np.ndarray) -> None:
@@ -244,6 +247,13 @@ class Stats:
             i = int(w.argmax())
             self.worst, self.worst_kind = float(w[i]), KIND_NAMES[int(kind[i])]
 
+    def hold(self, held: np.ndarray, wavelets: np.ndarray) -> None:
+        """Record what flow control cost: per message, cycles its landing moved and wavelets that waited."""
+        h = np.maximum(held, 0.0)
+        self.held += float(h.sum())
+        self.held_worst = max(self.held_worst, float(h.max(initial=0.0)))
+        self.held_wavelets = max(self.held_wavelets, float(np.max(wavelets, initial=0.0)))
+
     def log(self, srv: np.ndarray, k: np.ndarray, ah: np.ndarray, dh: np.ndarray, dt: np.ndarray) -> None:
         self.trace.extend(zip(srv.tolist(), k.tolist(), ah.tolist(), dh.tolist(), dt.tolist()))
 
@@ -251,4 +261,5 @@ class Stats:
         wait = self.wait if self.wait is not None else np.zeros(len(KIND_NAMES))
         return {"queue_cycles": {k: float(v) for k, v in zip(KIND_NAMES, wait) if v > 1e-6},
                 "worst_wait_cycles": self.worst, "worst_wait_at": self.worst_kind, "wavelet_hops": self.wavelets,
-                "reordered_flits": self.reordered}
+                "reordered_flits": self.reordered, "flow_control_cycles": self.held,
+                "flow_control_worst_cycles": self.held_worst, "held_wavelets_worst": self.held_wavelets}

@@ -3,7 +3,9 @@
 Each core keeps its own clock: a step starts on a core when its previous step's compute is done and the data
 that step received has landed (no global barrier). In a step the core's sends start at once (after the message
 overhead), its compute runs beside them (overlap) or after its inputs arrive (overlap=False), and the step ends
-when the compute, its own sends and the data for the next step are all done, plus the step's fixed overhead.
+when the compute, its own sends and the data for the next step are all done, plus the step's fixed overhead. A core
+posts its receives at its step start (double buffers, as in the authors' MeshGEMM): data that reaches it earlier
+waits in the fabric (unbounded queues: its sender does not stall) and lands at link rate once posted.
 
 Relays are software stages on a core: a relay fires when every message addressed to it has landed, adds its own
 partial (or forwards) and emits each wavelet beta cycles after it arrived, no faster than
@@ -150,7 +152,7 @@ class _RecRun:
         core = fl.server[inn] - RAMP_IN * n
         dkey = b.field("dst_key", -1)[fl.msg[inn]]
         st = dkey < 0
-        np.maximum.at(self.done, core[st], d_tail[inn[st], -1] + tau)
+        np.maximum.at(self.done, core[st], self._posted(fl, core[st], d_head[inn[st], 0], d_tail[inn[st], -1] + tau))
         for k in np.unique(dkey[~st]):
             m = dkey == k
             rl = self.relays[int(k)]
@@ -158,6 +160,15 @@ class _RecRun:
             np.maximum.at(rl.in_head, r, d_head[inn[m]])  # beta runs from the wavelet entering the ramp
             np.maximum.at(rl.in_tail, r, d_tail[inn[m]])
             np.add.at(rl.got, r, 1)
+
+    def _posted(self, fl, core: np.ndarray, head: np.ndarray, land: np.ndarray) -> np.ndarray:
+        """Flow control: a stored message lands in the buffer its receiver posts at its own step start (the artifact's
+        double buffers); wavelets that come earlier wait in the fabric and drain at link rate once it is posted."""
+        tau, wav = self.fab.tau, float(fl.wav.sum())
+        post = self.start[core]
+        held = post + wav * tau - land
+        self.fab.stats.hold(held, np.clip((post - head) / tau + 1.0, 0.0, wav))
+        return np.maximum(land, post + wav * tau)
 
     def fire(self) -> None:
         """Run every relay whose inputs have all landed."""

@@ -88,7 +88,8 @@ def compare(spec: DeviceSpec, case: Case, side: int, max_flits: int = MAX_FLITS)
             "within": abs(ev.cycles - an) <= TOLERANCE * an, "steps": ev.steps, "simulated_steps": ev.simulated,
             "routes_per_core": ev.routes_per_core, "ledger_routes_per_core": mesh.ledger.routes_per_core,
             "queue_cycles": ev.queues["queue_cycles"], "reordered_flits": ev.queues["reordered_flits"],
-            "wall_s": ev.wall_s}
+            "flow_control_worst_cycles": ev.queues["flow_control_worst_cycles"],
+            "held_wavelets_worst": ev.queues["held_wavelets_worst"], "wall_s": ev.wall_s}
 
 
 def rows(spec: DeviceSpec, grids=GRIDS, *, max_flits: int = MAX_FLITS,
