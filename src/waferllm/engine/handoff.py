@@ -41,7 +41,7 @@ def hidden_to_decode(mesh: Mesh, dec: DecodeProgram, lay: PrefillLayout, x):
 
 
 def kv_to_decode(mesh: Mesh, dec: DecodeProgram, lay: PrefillLayout, kvs, slots: int):
-    """Every layer's prompt K and V, kvs [2, layers, R', C', mb, Hkv*hdb] -> the decode caches
+    """Every layer's prompt K and V, kvs [2, layers, R', C', mb, cb] (the prefill's head layout) -> the decode caches
     [2, layers, R, slots, C, cb] laid out as the KV policy keeps them. A decode core receives its region's
     layers (layers_per_region) and its busiest row's tokens."""
     p = dec.plan

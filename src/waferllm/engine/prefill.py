@@ -1,9 +1,9 @@
 """Prefill on the mesh (waferllm.md s2, s3, s6), on per-core tiles from the embedding to the hand-off.
 
 Activations x [L_y, E_x] are tiles [R, C, mb, w] (engine/prefill_tiles.py); every projection is a
-MeshGEMM, scores a dist-GEMM-T (K never transposed), S.V a MeshGEMM with V skewed on the device. The
-fused QKV MeshGEMM writes every head's dims on every column, so attention runs per KV group on each core
-with the group's n_rep query heads as a batch that shares each K/V block (GQA without moving a tile).
+MeshGEMM. Attention runs after grouping the columns by KV head (paper s4): each head's dims sit on its own
+C / Hkv columns with the same dims of its n_rep query heads, the K/V tiles rotate along Y, and the partial
+scores reduce over the head's columns only (kernels/attention.prefill_attention); K is never transposed.
 The causal mask is applied to the computed scores (no block skipping, as in the authors' artifact).
 Every number comes from a charged op of machine/ (ops, noc, kernels): the shape-only run that costs a
 prefill is the same function on jax.ShapeDtypeStruct stand-ins.
@@ -21,9 +21,9 @@ import numpy as np
 
 from waferllm.engine.cost import shared_ledger
 from waferllm.engine.prefill_tiles import PrefillLayout, weight_shapes
-from waferllm.kernels.gemm import cannon_tiles, gemm_t_tiles
+from waferllm.kernels.attention import prefill_attention
+from waferllm.kernels.gemm import cannon_tiles
 from waferllm.machine import Ledger, Mesh, noc, ops
-from waferllm.machine.rings import ring_pos
 from waferllm.model.config import ModelConfig
 from waferllm.spec import DeviceSpec, array_dtype
 
@@ -115,41 +115,20 @@ class PrefillProgram:
         return ops.free(lambda c: c.astype(F32), c)
 
     def attention(self, mesh: Mesh, lay: PrefillLayout, q, k, v):
-        """Causal GQA: q [R, C, mb, g, rep, hdb], k, v [R, C, mb, g, hdb] -> o [R, C, mb, g*rep*hdb]."""
-        sB, kb = lay.sB, lay.mb // lay.sB
-        wdt = self.wdt
-        qa = ops.free(lambda q: q.astype(wdt).transpose(0, 1, 3, 4, 2, 5), q)  # [R, C, g, rep, mb, hdb]
-        stack = lambda t: t.astype(wdt).reshape(t.shape[:2] + (sB, kb) + t.shape[3:]).transpose(0, 1, 2, 4, 3, 5)  # noqa: E731
-        with mesh.phase("scores"), mesh.phase("gemm_t"):
-            s = gemm_t_tiles(mesh, qa, ops.free(stack, k))  # [R, C, sC, g, rep, mb, kb]
-        with mesh.phase("softmax"):
-            p = self.softmax(mesh, lay, s)
-        with mesh.phase("pv"), mesh.phase("meshgemm"):
-            o = cannon_tiles(mesh, ops.free(lambda p: p.astype(wdt), p), ops.free(stack, v), b_skewed=False)
-        return ops.free(lambda o: o.astype(F32).transpose(0, 1, 4, 2, 3, 5).reshape(o.shape[:2] + (o.shape[4], -1)), o)
-
-    def softmax(self, mesh: Mesh, lay: PrefillLayout, s):
-        """Scale, causal mask (key <= query), softmax along keys: rows reduce along X (max, then sum)."""
-        R, C, sC = self.rows, self.cols, lay.sA
-        kb = lay.mb // lay.sB
-        qtok = jnp.asarray(lay.token_of_row())[:, None, None, None, None, :, None]  # [R, 1, 1, 1, 1, mb, 1]
-        ktok = (ring_pos(C)[:, None, None] * sC + np.arange(sC)[None, :, None]) * kb + np.arange(kb)[None, None, :]
-        ktok = jnp.asarray(ktok)[None, :, :, None, None, None, :]  # [1, C, sC, 1, 1, 1, kb]
-        scale = self.cfg.head_dim ** -0.5
-        lay7 = "YXsgrmk"
-        z = ops.map(mesh, lay7, lambda s: jnp.where(ktok <= qtok, s.astype(F32) * scale, -jnp.inf), s, ops=2)
-        m = noc.allreduce(mesh, ops.reduce(mesh, lay7, z, "sk", "max"), "x", op="max")  # [R, C, g, rep, mb]
-        e = ops.map(mesh, lay7, lambda z, m: jnp.exp(z - m[:, :, None, ..., None]), z, m, special=1)
-        tot = noc.allreduce(mesh, ops.reduce(mesh, lay7, e, "sk"), "x")
-        return ops.map(mesh, lay7, lambda e, t: e / t[:, :, None, ..., None], e, tot)
+        """Causal GQA, heads grouped along X: q [R, C, mb, rep, cb], k, v [R, C, mb, cb] -> o [R, C, mb, rep*cb]."""
+        wdt, heads = self.wdt, lay.heads
+        cast = lambda t: t.astype(wdt)  # noqa: E731
+        return prefill_attention(mesh, ops.free(cast, q), ops.free(cast, k), ops.free(cast, v),
+                                 jnp.asarray(heads.head_mask()), lay.token_of_row(),
+                                 scale=self.cfg.head_dim ** -0.5, segment=heads.segment)
 
     # --- one layer -------------------------------------------------------------------------------
     def layer(self, mesh: Mesh, w: dict, x):
-        """x [R, C, mb, w_d] through one decoder layer -> (x, k, v): k, v [R, C, mb, Hkv*hdb] (head layout, after RoPE)."""
+        """x [R, C, mb, w_d] through one decoder layer -> (x, k, v): k, v [R, C, mb, cb] (head layout, after RoPE)."""
         cfg = self.cfg
         lay = self.layout_of(x)
-        g, rep, hdb = cfg.n_kv_heads, cfg.group_size, lay.hdb
-        nq, nk = cfg.n_heads * hdb, g * hdb
+        rep, cb = cfg.group_size, lay.heads.cb
+        nq = rep * cb
         with mesh.phase("attn_norm"):
             xn = self.rmsnorm(mesh, x, w["attn_norm"])
         qkv = self.proj(mesh, lay, xn, w["wqkv"], "qkv")  # the aligned input serves Q, K and V at once
@@ -161,9 +140,9 @@ class PrefillProgram:
         with mesh.phase("regroup_heads"):
             qkv = noc.relayout_cols(mesh, qkv, *lay.moves(lay.qkv_map, lay.heads_map))
         sh = qkv.shape[:3]
-        q = ops.free(lambda a: a[..., :nq].reshape(sh + (g, rep, hdb)), qkv)
-        k = ops.free(lambda a: a[..., nq:nq + nk].reshape(sh + (g, hdb)), qkv)
-        v = ops.free(lambda a: a[..., nq + nk:nq + 2 * nk].reshape(sh + (g, hdb)), qkv)
+        q = ops.free(lambda a: a[..., :nq].reshape(sh + (rep, cb)), qkv)
+        k = ops.free(lambda a: a[..., nq:nq + cb], qkv)
+        v = ops.free(lambda a: a[..., nq + cb:nq + 2 * cb], qkv)
         with mesh.phase("attention"):
             o = self.attention(mesh, lay, q, k, v)
         with mesh.phase("regroup_heads"):
@@ -176,8 +155,7 @@ class PrefillProgram:
         with mesh.phase("silu_mul"):
             a = ops.map(mesh, "YXmf", lambda gu: jax.nn.silu(gu[..., :fb]) * gu[..., fb:], gu, special=1, ops=2)
         x = self.residual(mesh, x, self.proj(mesh, lay, a, w["wdown"], "down"), "down")
-        flat = lambda t: t.reshape(t.shape[:3] + (-1,))  # noqa: E731
-        return x, ops.free(flat, k), ops.free(flat, v)
+        return x, k, v
 
     def residual(self, mesh: Mesh, x, y, name: str):
         with mesh.phase(name):

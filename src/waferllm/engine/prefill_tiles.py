@@ -7,9 +7,11 @@ core column at X-ring position q holds the features colmap[q, :] (-1 = padding).
 - model dim D: contiguous blocks of w_d = sA * ceil(D / L) (sA = L / C: a tile is sA K-blocks of a GEMM);
 - QKV output: contiguous blocks of the fused [q | k | v] dims, each head's dims in RoPE pair order
   (d, d + hd/2 adjacent; an even count per column), so RoPE needs no neighbour's data;
-- heads (attention): every head's hd dims cut over all C columns, so each core holds queries
-  [mb, Hkv, n_rep, hdb] and keys/values [mb, Hkv, hdb] of every head; regrouping between the dense and
-  the head layout moves columns within each row (noc.relayout_cols, costed by what moves);
+- heads (attention): grouped by KV head along X (engine/heads.py, as in decode): with C >= Hkv each KV head
+  owns C // Hkv consecutive physical columns, each holding cb of its dims, with the same dims of its n_rep
+  query heads: queries [mb, n_rep, cb], keys/values [mb, cb] per core; scores then reduce over the head's
+  columns only. With C < Hkv the K/V dims are cut flat over the row. Regrouping between the dense and the
+  head layout moves columns within each row (noc.relayout_cols, costed by what moves);
 - O input: contiguous blocks of the query dims;
 - FFN: contiguous blocks of w_f = sA * ceil(F / L).
 
@@ -27,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from waferllm.engine.heads import HeadLayout, head_layout
 from waferllm.kernels.gemm import place_b
 from waferllm.machine import Mesh, layout
 from waferllm.machine.rings import interleave_order, ring_pos
@@ -74,11 +77,6 @@ class PrefillLayout:
     def mb(self) -> int:
         return self.padded_tokens // self.rows
 
-    @property
-    def hdb(self) -> int:
-        """Dims of every head on one column in the attention layout."""
-        return math.ceil(self.cfg.head_dim / self.cols)
-
     # --- column maps by X-ring position ----------------------------------------------------
     @cached_property
     def dim_map(self) -> np.ndarray:
@@ -88,20 +86,28 @@ class PrefillLayout:
     def ffn_map(self) -> np.ndarray:
         return _blocks(self.cfg.ffn_dim, self.cols, self.sA * math.ceil(self.cfg.ffn_dim / self.L))
 
-    def _head_map(self, n_heads: int) -> np.ndarray:
-        """[C, n_heads * hdb]: head h's dims d = column * hdb + j."""
-        hd, hdb = self.cfg.head_dim, self.hdb
-        d = np.arange(self.cols * hdb).reshape(self.cols, 1, hdb)
-        h = np.arange(n_heads)[None, :, None]
-        return np.where(d < hd, h * hd + d, -1).reshape(self.cols, -1)
+    @property
+    def heads(self) -> HeadLayout:
+        """The attention layout: K/V dim slots [C, cb] by physical column, grouped by KV head."""
+        c = self.cfg
+        return head_layout(self.cols, c.head_dim, c.n_kv_heads, c.group_size)
+
+    def _by_ring(self, phys: np.ndarray) -> np.ndarray:
+        """A column map given by physical column, re-indexed by X-ring position (the maps' convention)."""
+        return phys[np.asarray(interleave_order(self.cols))]
 
     @cached_property
     def q_map(self) -> np.ndarray:
-        return self._head_map(self.cfg.n_heads)
+        """[C, n_rep * cb]: slot r*cb + j holds dim j of the column's KV-head slot for query head kv*n_rep + r."""
+        h, hd, rep = self.heads, self.cfg.head_dim, self.cfg.group_size
+        d = h.dim[:, None, :]
+        q = ((d // hd) * rep + np.arange(rep)[None, :, None]) * hd + d % hd
+        return self._by_ring(np.where(d >= 0, q, -1).reshape(self.cols, -1))
 
     @cached_property
     def kv_map(self) -> np.ndarray:
-        return self._head_map(self.cfg.n_kv_heads)
+        """[C, cb]: the K/V dims (HF index head*hd + d) of each column."""
+        return self._by_ring(np.asarray(self.heads.dim))
 
     @cached_property
     def o_map(self) -> np.ndarray:

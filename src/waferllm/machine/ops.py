@@ -31,10 +31,14 @@ def dtype_name(x: Array) -> str:
     return np.dtype(x.dtype).name
 
 
-def matmul_cycles(mesh: Mesh, m: int, k: int, n: int, dtype: str, batch: int = 1) -> float:
-    """Cycles for C[m,n] += A[m,k] B[k,n] on one core: vector FMACs along the longer of m and n."""
+def matmul_cycles(mesh: Mesh, m: int, k: int, n: int, dtype: str, batch: int = 1, *, along_m: bool = False) -> float:
+    """Cycles for C[m,n] += A[m,k] B[k,n] on one core: vector FMACs along the longer of m and n, or, along_m, one
+    FMAC over A's m rows per (k, n) element of B (the authors' GEMM kernels: a `@map` over B's row issuing one
+    `@fmach` of the tile's token rows each, so the instruction count k*n does not shrink with the prompt)."""
     rate = mesh.spec.macs_per_cycle(dtype)
     v = mesh.spec.vector_op_overhead_cycles
+    if along_m and m > 1:
+        return batch * n * k * (m / rate + v)
     return batch * min(m * k * (n / rate + v), n * k * (m / rate + v))
 
 
@@ -67,12 +71,13 @@ def per_core(letters: str, sizes: dict[str, int], live: dict[str, int] | None = 
 
 # --- matmul-class work ---------------------------------------------------------------
 def einsum(mesh: Mesh, spec: str, a: Array, b: Array, *, live: dict[str, int] | None = None,
-           out_dtype=F32, compute_dtype=None) -> Array:
+           out_dtype=F32, compute_dtype=None, along_m: bool = False) -> Array:
     """Per-core contraction of two tiled operands, e.g. `bYk,YkXn->YXbn` (a skinny GEMM on every core).
 
     Lowercase letters in both inputs but not the output are contracted (k); in both and the output they
     are a batch; the rest are m (from a) and n (from b). Both operands are read in compute_dtype (default:
-    b's, the stored weights'), products accumulate in float32; charged as matmul cycles at b's rate.
+    b's, the stored weights'), products accumulate in float32; charged as matmul cycles at b's rate
+    (along_m: vectors along a's rows, matmul_cycles).
     """
     ins, out = spec.replace(" ", "").split("->")
     la, lb = ins.split(",")
@@ -85,7 +90,7 @@ def einsum(mesh: Mesh, spec: str, a: Array, b: Array, *, live: dict[str, int] | 
     live = live or {}
     size = lambda cs: int(math.prod(live.get(c, sizes[c]) for c in cs if c not in GRID))  # noqa: E731
     k, batch, m, n = size(A & B - O), size(A & B & O), size(A - B), size(B - A)
-    mesh.charge_compute(matmul_cycles(mesh, m, k, n, dtype_name(b), batch), macs=batch * m * k * n)
+    mesh.charge_compute(matmul_cycles(mesh, m, k, n, dtype_name(b), batch, along_m=along_m), macs=batch * m * k * n)
     if any_abstract(a, b):
         return jax.ShapeDtypeStruct(tuple(sizes[c] for c in out), np.dtype(out_dtype))
     cdt = compute_dtype or b.dtype
