@@ -141,7 +141,7 @@ def _print_stats(engine, res) -> None:
           f"({n / max(res.wall_s, 1e-9):.1f} tok/s)")
     print(f"predicted on {engine.spec.name}: TTFT {fmt_time(t.ttft_s)}, TPOT {fmt_time(t.tpot_s)}, "
           f"{t.decode_tokens_per_s:,.0f} decode tok/s")
-    print(f"decode grid {plan.grid} x {plan.layer_regions} regions ({plan.layers_per_region} layer/region) + "
+    print(f"decode grid {plan.grid} x {plan.layer_regions} regions (up to {plan.layers_per_region} layers a core) + "
           f"{plan.lm_regions} LM-head regions on {plan.wafers} wafer(s); peak "
           f"{fmt_bytes(max(plan.peak_core_bytes, engine.ledger.peak_core_bytes))}/core of "
           f"{fmt_bytes(engine.spec.sram_bytes_per_core)}, {engine.ledger.routes_per_core} routes/core")

@@ -201,14 +201,12 @@ class _routes:
 
 
 def handover_ledger(prog: DecodeProgram, batch: int = 1) -> Ledger:
-    """Moving the activations x_y [B, R, kb] between consecutive regions (snake order: neighbours)."""
+    """Moving the activations x_y [B, R, kb] between consecutive regions (one stride along the placement's tape)."""
     led = Ledger(clock_hz=prog.spec.clock_hz)
     mesh = prog.mesh(led)
     p = prog.plan
-    per_row = prog.spec.width_cores // p.cols
-    hops = p.cols if per_row > 1 else p.rows
     with mesh.phase("handover"):
-        noc.transfer(mesh, jax.ShapeDtypeStruct((batch, p.rows, p.kb), jnp.float32), "bYk", hops)
+        noc.transfer(mesh, jax.ShapeDtypeStruct((batch, p.rows, p.kb), jnp.float32), "bYk", p.handover_hops)
     return led
 
 

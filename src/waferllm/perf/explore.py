@@ -31,7 +31,7 @@ from waferllm import WaferError
 from waferllm.engine import handoff
 from waferllm.engine.cost import share_traces, trace_key
 from waferllm.engine.grids import AUTO, parse_grid_arg
-from waferllm.engine.placement import plan_decode
+from waferllm.engine.placement import max_layers_per_core
 from waferllm.machine.mesh import STRATEGIES
 from waferllm.model.config import ModelConfig
 from waferllm.model.registry import get_config
@@ -262,7 +262,7 @@ def _figures(pr, cfg: ModelConfig) -> dict:
                 ttft_s=pr.ttft_s, tpot_s=pr.tpot_s, paper_tokens_per_s=pr.paper_tokens_per_s, grid=pr.grid,
                 grid_rows=rows, grid_cols=cols, prefill_grid=pr.prefill_grid, prefill_rows=pre[0],
                 prefill_cols=pre[1], wafers=pr.wafers, fits=pr.fits, layers_per_region=pr.layers_per_region,
-                pipeline_stages=math.ceil(cfg.n_layers / pr.layers_per_region), peak_core_bytes=pr.peak_core_bytes,
+                pipeline_stages=pr.pipeline_stages, peak_core_bytes=pr.peak_core_bytes,
                 routes_used_per_core=pr.routes_per_core, kv_capacity_shift=pr.kv_capacity_tokens["shift"],
                 kv_capacity_concat=pr.kv_capacity_tokens["concat"], cores=pr.utilization["cores"],
                 mac_utilization=pr.utilization["mac"], sram_bandwidth_utilization=pr.utilization["sram_bandwidth"],
@@ -275,11 +275,11 @@ def min_stages(cfg: ModelConfig, spec: DeviceSpec, p: Point, rows: int, cols: in
     cores, full tensor parallelism); None if one layer does not fit."""
     tokens = {"decode": p.context or 1, "e2e": (p.input_len or 0) + (p.output_len or 0), "prefill": 1}[p.phase]
     try:
-        plan = plan_decode(cfg, spec.replace(width_cores=cols, height_cores=rows), (rows, cols), p.dtype,
-                           min_tokens=tokens * p.batch)
+        most = max_layers_per_core(cfg, spec.replace(width_cores=cols, height_cores=rows), (rows, cols), p.dtype,
+                                   min_tokens=tokens * p.batch)
     except WaferError:
         return None
-    return plan.layer_regions
+    return math.ceil(cfg.n_layers / most)
 
 
 def evaluate_batch(items: Sequence[Item], run_id: str, share: bool = True) -> list[dict]:

@@ -57,6 +57,7 @@ class Prediction:
     ttft_s: float | None = None
     tpot_s: float | None = None
     warnings: tuple[str, ...] = ()  # check_args: e.g. a length past the model's context (costed anyway)
+    pipeline_stages: int = 0  # decode layer regions a token passes through (engine/placement.py)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -157,7 +158,7 @@ def predict(cfg: ModelConfig, spec: DeviceSpec, *, phase: str, grid: GridArg = "
                       breakdown=breakdown(led), peak_core_bytes=peak, peak_where=where,
                       routes_per_core=led.routes_per_core, kv_capacity_tokens=cap, wafers=wafers,
                       fits=wafers == 1 and tokens * batch <= cap[policy] and pre_fits,
-                      layers_per_region=plan.layers_per_region,
+                      layers_per_region=plan.layers_per_region, pipeline_stages=plan.layer_regions,
                       utilization=utilization(cfg, spec, plan, pre, phase, led, tokens, input_len, batch),
                       ttft_s=ttft, tpot_s=tpot, warnings=tuple(warnings))
 
@@ -175,7 +176,7 @@ def utilization(cfg, spec, plan, pre, phase: str, led: Ledger, context: int, inp
         kv = cfg.n_layers * context * cfg.kv_dim
         macs = batch * (w + head + cfg.n_layers * 2 * context * cfg.q_dim)
         read = (w + head + 2 * batch * kv) * eb
-        cores = plan.rows * plan.cols * (plan.layer_regions + plan.lm_regions)
+        cores = plan.cores
     else:
         T, side = input_len, max(pre.rows, pre.cols)
         macs = batch * (T * w + cfg.n_layers * T * T * cfg.q_dim)

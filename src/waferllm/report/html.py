@@ -307,8 +307,10 @@ Prefill: {fmt_time(pre.time_s)} on {_e(pre.prefill_grid)} ({pre.tokens_per_s:,.1
 <h2>4. Bytes per core over the wafer (decode plan {_e(plan.grid)})</h2>
 {img['heat']}
 {_table(['per core', 'bytes'], mem, numeric=(1,))}
-<p class="note">Regions tile each wafer row-major: {plan.layer_regions} layer regions ({plan.layers_per_region} layer(s)
-each, the KV cache filling the rest), then {plan.lm_regions} LM-head region(s); unused cores are 0.</p>
+<p class="note">Regions lie along a tape over the wafer's bands (docs/decode-layout.md): {plan.layer_regions} layer
+regions ({plan.layers_per_stage} layer(s) each), then {plan.lm_regions} LM-head region(s), overlapping where they
+outnumber the tape; a core holds the tiles of every region over it (up to {plan.layers_per_region} layers), the KV
+cache filling the rest; unused cores are 0.</p>
 <h2>5. Wafer vs GPUs</h2>
 {_table(['system', 'prefill t/s', 'decode t/s', 'prefill speed-up', 'decode speed-up', 'decode J/token'], gpu,
         numeric=range(1, 6))}

@@ -75,33 +75,36 @@ def breakdown_bar(breakdown: Mapping[str, Mapping[str, float]], path, clock_hz: 
 
 
 def region_bytes(plan, n_layers: int | None = None) -> list[float]:
-    """Bytes per core of every region in placement order: layer regions, then LM-head regions."""
-    n_layers = n_layers or plan.layers_per_region * plan.layer_regions
-    per_layer = (plan.breakdown["weights"] + plan.breakdown["kv_cache"]) / plan.layers_per_region
-    out = []
-    for i in range(plan.layer_regions):
-        here = min(plan.layers_per_region, n_layers - i * plan.layers_per_region)  # the last may hold fewer
-        out.append(plan.breakdown["buffers"] + here * per_layer)
+    """Bytes per core of every region's tiles in pipeline order (layer regions, then LM-head regions); a core
+    under several regions holds them all, plus one set of working buffers (wafer_images adds them)."""
+    n_layers = n_layers or plan.layers_per_stage * plan.layer_regions
+    per_layer = plan.layer_weight_bytes + plan.kv_tokens_per_row * plan.kv_bytes_per_token
+    g = plan.layers_per_stage
+    out = [min(g, n_layers - i * g) * per_layer for i in range(plan.layer_regions)]  # the last may hold fewer
     return out + [float(plan.lm_core_bytes)] * plan.lm_regions
 
 
-def region_boxes(plan, spec) -> list[tuple[int, int, int, str]]:
-    """(wafer, y0, x0, kind) of every region, kind 'layer' or 'lm'; regions tile each wafer row-major."""
-    per_row = spec.width_cores // plan.cols  # regions across X on one wafer
-    out = []
-    for g in range(plan.layer_regions + plan.lm_regions):
-        w, local = divmod(g, plan.regions_per_wafer)  # a full wafer continues on the next one
-        ry, rx = divmod(local, per_row)
-        out.append((w, ry * plan.rows, rx * plan.cols, "layer" if g < plan.layer_regions else "lm"))
-    return out
+def region_boxes(plan, spec) -> list[tuple[int, int, int, int, int, str]]:
+    """(wafer, y0, x0, height, width, kind) of every piece of every region, kind 'layer' or 'lm'
+    (engine/placement.region_pieces: a region bent over a seam of the tape comes in pieces)."""
+    from waferllm.engine.placement import region_pieces
+
+    return [piece + ("layer" if g < plan.layer_regions else "lm",)
+            for g in range(plan.layer_regions + plan.lm_regions) for piece in region_pieces(plan, spec, g)]
 
 
 def wafer_images(plan, spec, n_layers: int | None = None) -> list[np.ndarray]:
     """One height_cores x width_cores array of bytes per core for each wafer; unused cores are 0."""
+    from waferllm.engine.placement import region_pieces
+
     imgs = [np.zeros((spec.height_cores, spec.width_cores)) for _ in range(max(plan.wafers, 1))]
-    for (w, y, x, _), b in zip(region_boxes(plan, spec), region_bytes(plan, n_layers)):
-        imgs[w][y:y + plan.rows, x:x + plan.cols] = b
-    return imgs
+    busy = [np.zeros_like(i, dtype=bool) for i in imgs]  # cores holding a layer: one set of buffers each
+    for g, b in enumerate(region_bytes(plan, n_layers)):
+        for w, y, x, h, wd in region_pieces(plan, spec, g):
+            imgs[w][y:y + h, x:x + wd] += b
+            if g < plan.layer_regions:
+                busy[w][y:y + h, x:x + wd] = True
+    return [i + plan.breakdown["buffers"] * m for i, m in zip(imgs, busy)]
 
 
 def wafer_heatmap(plan, spec, path, n_layers: int | None = None, max_wafers: int = 16) -> Path:
@@ -127,17 +130,16 @@ def wafer_heatmap(plan, spec, path, n_layers: int | None = None, max_wafers: int
         ax.set_xlabel("x (cores)", fontsize=8)
         ax.set_ylabel("y (cores)", fontsize=8)
         ax.tick_params(labelsize=7)
-    for w, y, x, kind in region_boxes(plan, spec):  # outlines: equal neighbours would otherwise merge
+    for w, y, x, h, wd, kind in region_boxes(plan, spec):  # outlines: overlapping regions would otherwise merge
         if w < n:
-            axes[w].add_patch(Rectangle((x - 0.5, y - 0.5), plan.cols, plan.rows, fill=False, ec="white", lw=0.6))
+            axes[w].add_patch(Rectangle((x - 0.5, y - 0.5), wd, h, fill=False, ec="white", lw=0.4))
             if kind == "lm":
-                axes[w].text(x + plan.cols / 2, y + plan.rows / 2, "LM", color="white", ha="center", va="center",
-                             fontsize=8)
+                axes[w].text(x + wd / 2, y + h / 2, "LM", color="white", ha="center", va="center", fontsize=8)
     fig.colorbar(im, ax=axes.tolist(), label="KiB per core (scale ends at the SRAM size)", shrink=0.85)
     more = f" (first {max_wafers} of {plan.wafers})" if plan.wafers > max_wafers else ""
-    fig.suptitle(f"{plan.model} decode plan on {spec.name}: {plan.grid} regions, {plan.layers_per_region} layer(s)"
-                 f"/region\n{plan.layer_regions} layer + {plan.lm_regions} LM-head regions on {plan.wafers} wafer(s)"
-                 f"{more}", fontsize=9)
+    fig.suptitle(f"{plan.model} decode plan on {spec.name}: {plan.grid} regions, up to {plan.layers_per_region} "
+                 f"layer(s) on a core\n{plan.layer_regions} layer + {plan.lm_regions} LM-head regions on {plan.wafers} "
+                 f"wafer(s){more}", fontsize=9)
     path = Path(path)
     fig.savefig(path, dpi=DPI, format="png")  # no tight_layout: constrained layout already placed everything
     return path
