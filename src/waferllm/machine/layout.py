@@ -41,13 +41,19 @@ def pad_to(a, shape):
 ALIGN_BYTES = 64  # XLA's CPU client adopts a host buffer without copying when it is aligned to this
 
 
-def aligned_zeros(shape, dtype) -> np.ndarray:
-    """np.zeros(shape, dtype) whose data starts on an ALIGN_BYTES boundary (to_device then copies nothing)."""
+def aligned_empty(shape, dtype, fill: bool = False) -> np.ndarray:
+    """An array of shape and dtype whose data starts on an ALIGN_BYTES boundary (to_device then copies
+    nothing); uninitialised unless fill (zeros)."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    buf = np.zeros(nbytes + ALIGN_BYTES, np.uint8)
+    buf = (np.zeros if fill else np.empty)(nbytes + ALIGN_BYTES, np.uint8)
     off = -buf.ctypes.data % ALIGN_BYTES
     return buf[off:off + nbytes].view(dtype).reshape(shape)
+
+
+def aligned_zeros(shape, dtype) -> np.ndarray:
+    """np.zeros(shape, dtype), aligned as aligned_empty."""
+    return aligned_empty(shape, dtype, fill=True)
 
 
 def to_device(a: np.ndarray, dtype=None) -> Array:
@@ -56,8 +62,8 @@ def to_device(a: np.ndarray, dtype=None) -> Array:
     writes to `a` afterwards."""
     dtype = np.dtype(a.dtype if dtype is None else dtype)
     if not (a.dtype == dtype and a.flags.c_contiguous and a.ctypes.data % ALIGN_BYTES == 0):
-        out = aligned_zeros(a.shape, dtype)
-        out[...] = a
+        out = aligned_empty(a.shape, dtype)
+        out[...] = a  # every element written: no need to zero it first
         a = out
     return jax.device_put(a)
 
@@ -73,12 +79,12 @@ def take_padded(a: np.ndarray, idx: np.ndarray, axis: int = -1) -> np.ndarray:
     n = int(np.count_nonzero(valid))
     shape = a.shape[:axis] + idx.shape + a.shape[axis + 1:]
     lead = (slice(None),) * axis
+    flat_shape = a.shape[:axis] + (flat.size,) + a.shape[axis + 1:]
     if np.array_equal(flat[:n], np.arange(n)):  # the n valid entries come first, in order
-        out = aligned_zeros(a.shape[:axis] + (flat.size,) + a.shape[axis + 1:], a.dtype)
+        out = aligned_zeros(flat_shape, a.dtype)
         out[lead + (slice(0, n),)] = a[lead + (slice(0, n),)]
         return out.reshape(shape)
-    out = np.take(a, np.where(valid, flat, 0), axis=axis,
-                  out=aligned_zeros(a.shape[:axis] + (flat.size,) + a.shape[axis + 1:], a.dtype))
+    out = np.take(a, np.where(valid, flat, 0), axis=axis, out=aligned_empty(flat_shape, a.dtype))
     out[lead + (~valid,)] = 0
     return out.reshape(shape)
 
