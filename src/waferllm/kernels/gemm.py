@@ -10,6 +10,7 @@ and one block per stack moves per step, so every core still does one block produ
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import jax
@@ -109,7 +110,9 @@ def cannon_tiles(mesh: Mesh, at: Array, bt: Array, *, algo: str = "meshgemm", b_
     acc_dt = jnp.float32 if np.dtype(at.dtype) == np.float32 else at.dtype
     ct = local.zeros(mesh, at.shape[3:-1] + bt.shape[-1:], acc_dt, abstract)
     a_buf, b_buf = math.prod(at.shape[3:]) * _isz(at), math.prod(bt.shape[3:]) * _isz(bt)
-    with mesh.hold(a=at, b=bt, c=ct, a_buf=a_buf, b_buf=b_buf), \
+    # textbook Cannon steps in lockstep, as the paper measured it (docs/fabric-model.md); MeshGEMM is dataflow
+    sync = mesh.lockstep() if algo == "cannon" else contextlib.nullcontext()
+    with mesh.hold(a=at, b=bt, c=ct, a_buf=a_buf, b_buf=b_buf), sync, \
             mesh.routes(f"{kind} ring x", 2), mesh.routes(f"{kind} ring y", 2):
         _snap(trace, "placed-a", at)
         _snap(trace, "placed-b", bt)
@@ -197,7 +200,7 @@ def summa(mesh: Mesh, a, b, trace=None) -> Array:
     mb, kb, nb = at.shape[3], at.shape[4], bt.shape[4]
     abstract = is_abstract(at)
     ct = local.zeros(mesh, (mb, nb), jnp.float32 if np.dtype(at.dtype) == np.float32 else at.dtype, abstract)
-    with mesh.hold(a=at, b=bt, c=ct, a_panel=mb * kb * _isz(at), b_panel=kb * nb * _isz(bt)), \
+    with mesh.hold(a=at, b=bt, c=ct, a_panel=mb * kb * _isz(at), b_panel=kb * nb * _isz(bt)), mesh.lockstep(), \
             mesh.routes("multicast x", 2), mesh.routes("multicast y", 2), mesh.phase("panel-step"):
         for k in range(P):
             with mesh.step(overlap=False):

@@ -84,9 +84,11 @@ class _Relay:
     def __init__(self, need: np.ndarray, K: int):
         self.cores = np.nonzero(need)[0]
         self.need = need[self.cores]
+        if self.need.max(initial=0) > 2:
+            raise ValueError("a relay takes at most two input streams (one from each side of its line)")
         self.got = np.zeros(len(self.cores), np.int64)
-        self.in_head = np.full((len(self.cores), K), -np.inf)
-        self.in_tail = np.full((len(self.cores), K), -np.inf)
+        self.in_head = np.full((len(self.cores), 2, K), -np.inf)  # [core, input (consumed in this order), flit]
+        self.in_tail = np.full((len(self.cores), 2, K), -np.inf)
         self.out_head = np.zeros((len(self.cores), K))
         self.out_tail = np.zeros((len(self.cores), K))
         self.fired = np.zeros(len(self.cores), bool)
@@ -157,8 +159,14 @@ class _RecRun:
             m = dkey == k
             rl = self.relays[int(k)]
             r = rl.rows(core[m])
-            np.maximum.at(rl.in_head, r, d_head[inn[m]])  # beta runs from the wavelet entering the ramp
-            np.maximum.at(rl.in_tail, r, d_tail[inn[m]])
+            # a core with two inputs reads the one from the higher line position first (its DSD op drains one
+            # fabric input, then the other: the authors' two-phase tree and prefill reduce); beta runs from the
+            # wavelet entering the ramp
+            src = fl.src_core[fl.msg[inn[m]]]
+            pos = (lambda c: c % self.fab.cols) if b.axis == "x" else (lambda c: c // self.fab.cols)  # noqa: E731
+            slot = ((rl.need[r] == 2) & (pos(src) < pos(core[m]))).astype(np.int64)
+            np.maximum.at(rl.in_head, (r, slot), d_head[inn[m]])
+            np.maximum.at(rl.in_tail, (r, slot), d_tail[inn[m]])
             np.add.at(rl.got, r, 1)
 
     def _posted(self, fl, core: np.ndarray, head: np.ndarray, land: np.ndarray) -> np.ndarray:
@@ -171,39 +179,46 @@ class _RecRun:
         return np.maximum(land, post + wav * tau)
 
     def fire(self) -> None:
-        """Run every relay whose inputs have all landed."""
+        """Run every relay whose inputs have all landed: it adds (or forwards) its inputs one after another, each
+        wavelet beta cycles after it arrived and no faster than relay_cycles_per_element per element; the first
+        input joins the core's own partial, and the last pass is what streams on."""
         s, fab = self.fab.spec, self.fab
         fl = self.plan.flits
         for k, rl in self.relays.items():
             go = np.nonzero((rl.got == rl.need) & ~rl.fired)[0]
             if not len(go):
                 continue
-            cores = rl.cores[go]
-            own = self.result(self.plan.own[k], cores) if self.plan.own[k] >= 0 else self.start[cores]
+            own = self.result(self.plan.own[k], rl.cores[go]) if self.plan.own[k] >= 0 else self.start[rl.cores[go]]
             K = fl.K
-            ah = np.maximum(rl.in_head[go], own[:, None]) + s.beta_cycles_per_relay
-            at = np.maximum(rl.in_tail[go], own[:, None]) + s.beta_cycles_per_relay
             if self.plan.add[k]:
                 work, first = fl.elems * s.relay_cycles_per_element, fl.first_elems * s.relay_cycles_per_element
             else:
                 work, first = fl.wav * fab.tau, np.full(K, fab.tau)
-            srv = np.repeat(RELAY * fab.n + cores, K)
-            dh, dt, last = fifo(srv, ah.ravel(), at.ravel(), np.tile(work, len(go)).astype(float),
-                                np.tile(first, len(go)).astype(float), fab.free)
-            fab.free[srv[last]] = dt[last]
-            fab.stats.queue(np.full(len(srv), RELAY), dh - ah.ravel(), np.tile(fl.wav, len(go)))
-            if fab.stats.trace is not None:
-                fab.stats.log(srv, np.tile(np.arange(K), len(go)), ah.ravel() - s.beta_cycles_per_relay, dh, dt)
-            rl.out_head[go], rl.out_tail[go] = dh.reshape(-1, K), dt.reshape(-1, K)
+            for slot in range(2):
+                g = go[rl.need[go] > slot]
+                if not len(g):
+                    continue
+                base = own[rl.need[go] > slot][:, None] if slot == 0 else -np.inf
+                ah = np.maximum(rl.in_head[g, slot], base) + s.beta_cycles_per_relay
+                at = np.maximum(rl.in_tail[g, slot], base) + s.beta_cycles_per_relay
+                srv = np.repeat(RELAY * fab.n + rl.cores[g], K)
+                dh, dt, last = fifo(srv, ah.ravel(), at.ravel(), np.tile(work, len(g)).astype(float),
+                                    np.tile(first, len(g)).astype(float), fab.free)
+                fab.free[srv[last]] = dt[last]
+                fab.stats.queue(np.full(len(srv), RELAY), dh - ah.ravel(), np.tile(fl.wav, len(g)))
+                if fab.stats.trace is not None:
+                    fab.stats.log(srv, np.tile(np.arange(K), len(g)), ah.ravel() - s.beta_cycles_per_relay, dh, dt)
+                rl.out_head[g], rl.out_tail[g] = dh.reshape(-1, K), dt.reshape(-1, K)
             rl.fired[go] = True
-            np.maximum.at(self.done, cores, rl.out_tail[go, -1])
+            np.maximum.at(self.done, rl.cores[go], rl.out_tail[go, -1])
 
 
 class Fabric:
     """The fabric's state while a schedule runs: every core's clock, every server's last departure."""
 
-    def __init__(self, spec: DeviceSpec, rows: int, cols: int, max_flits: int = 16):
+    def __init__(self, spec: DeviceSpec, rows: int, cols: int, max_flits: int = 16, barriers: bool = True):
         self.spec, self.rows, self.cols, self.n, self.max_flits = spec, rows, cols, rows * cols, max_flits
+        self.barriers = barriers
         self.tau = WAVELET_BITS / spec.link_bits_per_cycle
         self.free = np.full(7 * self.n, -np.inf)
         self.last_in = np.full(7 * self.n, -np.inf)
@@ -223,6 +238,8 @@ class Fabric:
 
     def step(self, st) -> None:
         """One repetition of a schedule step on every core."""
+        if st.sync and self.barriers:  # the barrier: every core starts when the last one is ready
+            self.t = np.full(self.n, self.t.max())
         t, X = self.t, st.compute
         arrive, sent, drain, runs = t.copy(), t.copy(), False, []
         for rec in st.records:
@@ -310,12 +327,13 @@ class Fabric:
 
 def simulate(spec: DeviceSpec, sched: Schedule, *, max_flits: int = 16,
              progress: Callable[[int, int], None] | None = None, trace: list | None = None,
-             periodic: bool = True) -> FabricResult:
+             periodic: bool = True, barriers: bool = True) -> FabricResult:
     """Replay a recorded schedule on the event-level fabric; progress(done, total) after each repetition;
     trace: a list that receives (server, flit, arrival, first departure, last departure) of every flit served;
-    periodic=False simulates every repetition (no extrapolation)."""
+    periodic=False simulates every repetition (no extrapolation); barriers=False runs the program's synchronous
+    steps as dataflow (the what-if of docs/fabric-model.md)."""
     t0 = time.perf_counter()
-    fab = Fabric(spec, sched.rows, sched.cols, max_flits)
+    fab = Fabric(spec, sched.rows, sched.cols, max_flits, barriers)
     fab.stats.trace = trace
     total = sum(st.times for st in sched.steps)
     phases: dict[str, float] = {}

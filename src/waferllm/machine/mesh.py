@@ -100,6 +100,7 @@ class Mesh:
     _routes: list[tuple[str, int]] = field(default_factory=list)
     _times: int = 1  # multiplier for charges inside a repeat()'s first iteration
     _mute: bool = False  # later iterations of a repeat() charge nothing
+    _lockstep: bool = False  # every step inside lockstep() is synchronous (a barrier before it)
     _sched: sched_mod.Schedule | None = field(default=None, repr=False, compare=False)  # recorder, if any
     last_step_slack: float = field(default=0.0, repr=False, compare=False)  # cycles a step runs past its compute
 
@@ -115,6 +116,17 @@ class Mesh:
             self.ledger = Ledger(clock_hz=self.spec.clock_hz)
         if self._sched is None:
             self._sched = sched_mod.capturing(self.rows, self.cols)
+
+    @contextmanager
+    def lockstep(self) -> Iterator[None]:
+        """Steps inside start on every core together (a barrier before each), as the paper's Cannon and SUMMA
+        measurements require (docs/fabric-model.md). The ledger charges each step's slowest core either way;
+        the event-level fabric honours the barrier, where it otherwise lets every core run on its own clock."""
+        saved, self._lockstep = self._lockstep, True
+        try:
+            yield
+        finally:
+            self._lockstep = saved
 
     @contextmanager
     def record(self) -> Iterator[sched_mod.Schedule]:
@@ -168,7 +180,8 @@ class Mesh:
             self.ledger.charge(self.label, compute=st.compute, comm=st.busy, macs=st.macs, hops=st.hops,
                                stages=st.stages, overhead=overhead, overlap=overlap, times=times)
             if self._sched is not None:
-                self._sched.add(sched_mod.Step(self.label, st.compute, st.records, overlap, times, overhead))
+                self._sched.add(sched_mod.Step(self.label, st.compute, st.records, overlap, times, overhead,
+                                               self._lockstep))
 
     def repeat(self, n: int, abstract: bool) -> Iterator[int]:
         """Iterate n identical-cost iterations: the first is charged n times, the rest are muted.
@@ -196,7 +209,7 @@ class Mesh:
         elif not self._mute:
             self.ledger.charge(self.label, compute=cycles, macs=macs, times=self._times)
             if self._sched is not None:
-                self._sched.add(sched_mod.Step(self.label, cycles, times=self._times))
+                self._sched.add(sched_mod.Step(self.label, cycles, times=self._times, sync=self._lockstep))
 
     def charge_comm(self, cycles: float, *, hops: float = 0.0, stages: float = 0.0, overhead: float = 0.0,
                     times: int = 1, record: sched_mod.Record | None = None, ramp: float = 0.0,
@@ -219,7 +232,8 @@ class Mesh:
             self.ledger.charge(self.label, comm=cycles, hops=hops, stages=stages, overhead=overhead,
                                overlap=False, times=times * self._times)
             if self._sched is not None:
-                self._sched.add(sched_mod.Step(self.label, 0.0, [rec], False, times * self._times, overhead))
+                self._sched.add(sched_mod.Step(self.label, 0.0, [rec], False, times * self._times, overhead,
+                                               self._lockstep))
 
     # --- memory -------------------------------------------------------------
     @contextmanager

@@ -204,8 +204,7 @@ def _allreduce_cost(mesh: Mesh, algo: str, p: int, elems: int, eb: int, groups: 
         s2 = max(rg, G - 1 - rg)
         root = _tree_root(p, groups)
         h3 = max(root, p - 1 - root)  # multicast back along the line
-        cyc = chain_cycles(mesh, elems, eb, h1, h1) + chain_cycles(mesh, elems, eb, h2, s2) \
-            + transfer_cycles(mesh, elems * eb, h3)
+        cyc = _ktree_reduce_cycles(mesh, p, G, g, elems, eb) + transfer_cycles(mesh, elems * eb, h3)
         return cyc, h1 + h2 + h3, h1 + s2
     if algo == "pipeline":
         cyc = chain_cycles(mesh, elems, eb, p - 1, p - 1) + transfer_cycles(mesh, elems * eb, p - 1)
@@ -217,6 +216,49 @@ def _allreduce_cost(mesh: Mesh, algo: str, p: int, elems: int, eb: int, groups: 
         ag = (p - 1) * (transfer_cycles(mesh, chunk * eb, hops, 1))  # allgather: relay forwards
         return rs + ag, 2 * (p - 1) * hops, 2 * (p - 1)
     raise ValueError(f"unknown allreduce algorithm {algo!r}; known: ktree, pipeline, ring")
+
+
+def _ktree_reduce_cycles(mesh: Mesh, p: int, G: int, g: int, elems: int, eb: int) -> float:
+    """When the two-phase tree's sum is complete at its root: each group's chains meet at the group root, then
+    the group roots' chains meet at the middle one; a root's partial joins a passing stream once it is ready."""
+    roots = [min(j * g + g // 2, p - 1) for j in range(G)]
+    ends = [(j * g, min((j + 1) * g, p) - 1) for j in range(G)]
+    done = [_meet(mesh, elems, eb, _arrival(mesh, [0.0] * (r - a), [1] * (r - a)),
+                  _arrival(mesh, [0.0] * (b - r), [1] * (b - r)), 0.0) for (a, b), r in zip(ends, roots)]
+    rg = G // 2
+    gaps = [roots[j + 1] - roots[j] for j in range(G - 1)]
+    left = _arrival(mesh, done[:rg], gaps[:rg])
+    right = _arrival(mesh, done[rg + 1:][::-1], gaps[rg:][::-1])
+    return _meet(mesh, elems, eb, left, right, done[rg])
+
+
+def _arrival(mesh: Mesh, ready: list[float], hops: list[int]) -> float | None:
+    """When a chain's first wavelet reaches its root: the far core's message leaves when its partial is ready,
+    each relay on the way passes it on (beta) once its own partial is ready too. ready/hops from the far end."""
+    if not ready:
+        return None
+    s = mesh.spec
+    head = ready[0] + s.message_overhead_cycles + s.alpha_cycles_per_hop * hops[0]
+    for r, h in zip(ready[1:], hops[1:]):
+        head = max(head, r) + s.beta_cycles_per_relay + s.alpha_cycles_per_hop * h
+    return head
+
+
+def _meet(mesh: Mesh, elems: int, eb: int, left: float | None, right: float | None, own: float) -> float:
+    """When a root holds the sum of its own partial (ready at `own`) and the chains arriving from the left and
+    the right (their first wavelet's arrival, None: no chain). It drains one fabric input, then the other (one
+    DSD op per input, as the authors' two-phase tree does): the right one first; the left stream waits in the
+    fabric meanwhile, then passes at the relay's rate."""
+    s = mesh.spec
+    per_elem = max(eb / s.link_bytes_per_cycle, s.relay_cycles_per_element)
+    rest = (elems - min(elems, max(1, int(s.link_bytes_per_cycle // eb)))) * per_elem
+    if right is None and left is None:
+        return own
+    first, second = (right, left) if right is not None else (left, None)
+    t = max(first, own) + s.beta_cycles_per_relay + rest
+    if second is not None:
+        t = max(t + elems * per_elem, second + s.beta_cycles_per_relay + rest)
+    return t
 
 
 def _combine(op: str):

@@ -113,7 +113,9 @@ class Step:
     """One ledger charge: compute (cycles per core, critical path) and the records sent in it, repeated `times`.
 
     overlap: the step's transfers carry the next step's inputs and overlap its compute (a compute-shift step);
-    False: the compute waits for them. overhead: the fixed cycles the ledger adds (step, collective)."""
+    False: the compute waits for them. overhead: the fixed cycles the ledger adds (step, collective). sync: every
+    core starts the step together (a barrier: Cannon and SUMMA as the paper measured them); else a core starts
+    it as soon as its own previous step and inputs are done (dataflow)."""
 
     label: str
     compute: float = 0.0
@@ -121,6 +123,7 @@ class Step:
     overlap: bool = True
     times: int = 1
     overhead: float = 0.0
+    sync: bool = False
 
 
 @dataclass
