@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from waferllm.engine.placement import ACC_BYTES, PlanError, buffer_bytes, plan_decode
+from waferllm.engine.placement import PlanError, buffer_bytes, plan_decode, score_bytes
 from waferllm.model import get_config
 
 
@@ -28,7 +28,7 @@ def _core_bytes(plan, tokens: int) -> list[int]:
                 layers[t] += n
                 lm[t] += 0 if n else 1
         for n, k in set(zip(layers, lm)):
-            buf = buffer_bytes(p.rows, p.kb, p.qkv_width, p.fb, p.heads, tokens) if n else 0
+            buf = buffer_bytes(p.rows, p.kb, p.qkv_width, p.fb, p.heads, tokens, 2) if n else 0
             worst.append(n * (p.layer_weight_bytes + tokens * p.kv_bytes_per_token) + k * p.lm_core_bytes + buf)
     return worst
 
@@ -72,8 +72,8 @@ def test_score_tiles_and_kv_bound_the_slots(wse2):
     b, h = plan.breakdown, plan.heads
     layers = b["weights"] // plan.layer_weight_bytes  # the busiest core's layers
     assert layers <= plan.layers_per_region  # (another core may hold more layers and no LM-head tile)
-    per_slot = layers * plan.kv_bytes_per_token + 2 * ACC_BYTES * h.slots * h.n_rep
-    fixed = buffer_bytes(plan.rows, plan.kb, plan.qkv_width, plan.fb, h, 0)
+    per_slot = layers * plan.kv_bytes_per_token + score_bytes(h, 2)  # fp16 scores, one query head at a time
+    fixed = buffer_bytes(plan.rows, plan.kb, plan.qkv_width, plan.fb, h, 0, 2)
     free = wse2.sram_bytes_per_core - fixed - b["weights"] - b.get("lm_head", 0)
     assert plan.kv_tokens_per_row == free // per_slot
 
@@ -89,8 +89,8 @@ def test_multi_wafer_models_take_the_fewest_wafers(wse2):
     assert math.ceil((plan.layer_regions + plan.lm_regions) / plan.wafers) == plan.regions_per_wafer
     h, need = plan.heads, math.ceil(4096 / 420)
     sizes = pl._Sizes(sram=wse2.sram_bytes_per_core, weights=plan.layer_weight_bytes, kv=plan.kv_bytes_per_token,
-                      fixed=buffer_bytes(420, plan.kb, plan.qkv_width, plan.fb, h, 0),
-                      score=2 * ACC_BYTES * h.slots * h.n_rep)
+                      fixed=buffer_bytes(420, plan.kb, plan.qkv_width, plan.fb, h, 0, 2),
+                      score=score_bytes(h, 2))
     lm0 = pl._lm_head(cfg, wse2, 420, 420, 2, plan.kb)[0]
     for band in pl._bands(wse2, 420, 420):
         for g in range(1, cfg.n_layers + 1):

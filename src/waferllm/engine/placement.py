@@ -100,11 +100,17 @@ def layer_weight_elems(cfg: ModelConfig, rows: int, heads: HeadLayout, fb: int) 
     return kb * qkv + bias + heads.cb * heads.n_rep * kb + kb * 2 * fb + fb * kb + 2 * kb
 
 
-def buffer_bytes(rows: int, kb: int, qkv: int, fb: int, heads: HeadLayout, tokens: int) -> int:
-    """Activations, send/receive buffers and the per-row score tile (fp32)."""
+def score_bytes(heads: HeadLayout, eb: int) -> int:
+    """Score-tile bytes per KV slot of a row: one query head's scores at a time in the run's dtype (eb bytes),
+    twice (the authors' decode.csl holds `score` and `score_tmp` in f16, one element per slot); the query
+    heads of a KV head take turns in the same tile."""
+    return 2 * eb * heads.slots
+
+
+def buffer_bytes(rows: int, kb: int, qkv: int, fb: int, heads: HeadLayout, tokens: int, eb: int) -> int:
+    """Activations and send/receive buffers (fp32), and the score tiles of `tokens` KV slots per row."""
     vec = 3 * kb + 2 * qkv + 2 * max(2 * fb, qkv, kb) + 2 * heads.cb * heads.n_rep
-    scores = 2 * tokens * heads.slots * heads.n_rep
-    return ACC_BYTES * (vec + scores)
+    return ACC_BYTES * vec + tokens * score_bytes(heads, eb)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -227,8 +233,8 @@ def plan_decode(cfg: ModelConfig, spec: DeviceSpec, grid: GridArg, dtype: str,
     kb, fb = math.ceil(cfg.dim / rows), math.ceil(cfg.ffn_dim / cols)
     qkv = heads.cb * (heads.n_rep + 2)
     w_layer = eb * layer_weight_elems(cfg, rows, heads, fb)
-    s = _Sizes(sram=sram, weights=w_layer, kv=2 * heads.cb * eb, fixed=buffer_bytes(rows, kb, qkv, fb, heads, 0),
-               score=2 * ACC_BYTES * heads.slots * heads.n_rep)
+    s = _Sizes(sram=sram, weights=w_layer, kv=2 * heads.cb * eb, fixed=buffer_bytes(rows, kb, qkv, fb, heads, 0, eb),
+               score=score_bytes(heads, eb))
     per_row_tokens = math.ceil(min_tokens / rows)
     need_one = w_layer + s.fixed + per_row_tokens * (s.kv + s.score)
     if need_one > sram:
@@ -238,7 +244,7 @@ def plan_decode(cfg: ModelConfig, spec: DeviceSpec, grid: GridArg, dtype: str,
     st = _stack(cfg, spec, s, rows, cols, eb, per_row_tokens)
     layers, lm_tiles = st.busiest
     breakdown = {"weights": layers * w_layer, "kv_cache": layers * st.tokens * s.kv,
-                 "buffers": buffer_bytes(rows, kb, qkv, fb, heads, st.tokens)}
+                 "buffers": buffer_bytes(rows, kb, qkv, fb, heads, st.tokens, eb)}
     if lm_tiles:
         breakdown["lm_head"] = lm_tiles * st.lm_bytes
     return DecodePlan(model=cfg.name, device=spec.name, dtype=dtype, rows=rows, cols=cols, heads=heads, kb=kb,
@@ -255,7 +261,8 @@ def max_layers_per_core(cfg: ModelConfig, spec: DeviceSpec, grid: GridArg, dtype
     PlanError when not even one fits. ceil(layers / this) is the fewest pipeline stages the SRAM allows."""
     plan = plan_decode(cfg, spec, grid, dtype, min_tokens=min_tokens)  # raises when one layer does not fit
     h, t = plan.heads, math.ceil(min_tokens / plan.rows)
-    fixed = buffer_bytes(plan.rows, plan.kb, plan.qkv_width, plan.fb, h, 0) + t * 2 * ACC_BYTES * h.slots * h.n_rep
+    eb = dtype_bytes(dtype)
+    fixed = buffer_bytes(plan.rows, plan.kb, plan.qkv_width, plan.fb, h, t, eb)
     per_layer = plan.layer_weight_bytes + t * plan.kv_bytes_per_token
     return min(cfg.n_layers, (spec.sram_bytes_per_core - fixed) // per_layer)
 
