@@ -46,6 +46,24 @@ def test_uncontended_transfers_match_the_formula(wse2, name, R, C, program):
     assert ev.cycles == pytest.approx(an, rel=rel), name
 
 
+@pytest.mark.parametrize("rows", [8, 16, 32])
+def test_ktree_root_drains_one_chain_then_the_other(wse2, rows):
+    """A root that two chains feed drains them one after the other (the authors' two-phase tree: one `@faddh` per
+    fabric input): both models charge the second pass of the whole vector, and the ledger follows each group
+    root's readiness where the last group is short (8 and 32 rows). Before, the fabric's ramp served both
+    chains together and the ledger charged one pass (16 rows: 606 cycles against the fabric's 670)."""
+    prog = lambda m: noc.allreduce(m, _s(rows, 1, 64, dtype=np.float32), "y", "ktree")  # noqa: E731
+    an, ev, _, _ = _both(wse2, rows, 1, prog)
+    assert ev.cycles == pytest.approx(an, rel=0.03)
+    s, n = wse2, 64
+    one_pass = n * max(4 / s.link_bytes_per_cycle, s.relay_cycles_per_element)
+    m = Mesh(wse2, rows, 1, limits=False)
+    noc.allreduce(m, _s(rows, 1, 1, dtype=np.float32), "y", "ktree")
+    # beyond a 1-element allreduce's latency: the two phases' streams, and at least one more pass at a root
+    # (one pass per phase only, as before, left 2 x 63 x the relay interval)
+    assert an - m.ledger.cycles >= 3 * (one_pass - max(4 / s.link_bytes_per_cycle, s.relay_cycles_per_element))
+
+
 def test_two_messages_from_one_core_serialise_on_its_ramp(wse2):
     """A and B shifts leave every core together; links differ, but both pass its ramp: W + W cycles, not max."""
     s = wse2

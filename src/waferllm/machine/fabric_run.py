@@ -165,8 +165,13 @@ class _RecRun:
             src = fl.src_core[fl.msg[inn[m]]]
             pos = (lambda c: c % self.fab.cols) if b.axis == "x" else (lambda c: c // self.fab.cols)  # noqa: E731
             slot = ((rl.need[r] == 2) & (pos(src) < pos(core[m]))).astype(np.int64)
-            np.maximum.at(rl.in_head, (r, slot), d_head[inn[m]])
-            np.maximum.at(rl.in_tail, (r, slot), d_tail[inn[m]])
+            # the relay pulls its input from the router's queue as it drains it: a wavelet is in when it reaches
+            # the ramp (beta runs from there), not at its turn on the ramp's FIFO, where a stream the core is not
+            # draining yet would hold up the one it is
+            par = fl.parent[inn[m]]
+            hop = self.fab.spec.alpha_cycles_per_hop
+            np.maximum.at(rl.in_head, (r, slot), d_head[par] + hop)
+            np.maximum.at(rl.in_tail, (r, slot), d_tail[par] + hop)
             np.add.at(rl.got, r, 1)
 
     def _posted(self, fl, core: np.ndarray, head: np.ndarray, land: np.ndarray) -> np.ndarray:
@@ -190,8 +195,9 @@ class _RecRun:
                 continue
             own = self.result(self.plan.own[k], rl.cores[go]) if self.plan.own[k] >= 0 else self.start[rl.cores[go]]
             K = fl.K
-            if self.plan.add[k]:
-                work, first = fl.elems * s.relay_cycles_per_element, fl.first_elems * s.relay_cycles_per_element
+            if self.plan.add[k]:  # no faster than the ramp brings the wavelets in
+                work = np.maximum(fl.elems * s.relay_cycles_per_element, fl.wav * fab.tau)
+                first = np.maximum(fl.first_elems * s.relay_cycles_per_element, fab.tau)
             else:
                 work, first = fl.wav * fab.tau, np.full(K, fab.tau)
             for slot in range(2):
