@@ -9,8 +9,9 @@ waits in the fabric (unbounded queues: its sender does not stall) and lands at l
 
 Relays are software stages on a core: a relay fires when every message addressed to it has landed, adds its own
 partial (or forwards) and emits each wavelet beta cycles after it arrived, no faster than
-relay_cycles_per_element per element; its output streams on as the next message (no new message overhead) or
-is stored. A step repeated n times is simulated until the cores' clocks and the servers' queues are periodic
+relay_cycles_per_element per element; a relay fed by two chains drains one, then the other (a K-tree root); its
+output streams on as the next message (no new message overhead) or is stored. Steps marked sync start on every
+core together (a barrier). A step repeated n times is simulated until the cores' clocks and the servers' queues are periodic
 (every clock moves by the same amount per period); the rest is extrapolated exactly.
 """
 
@@ -159,15 +160,13 @@ class _RecRun:
             m = dkey == k
             rl = self.relays[int(k)]
             r = rl.rows(core[m])
-            # a core with two inputs reads the one from the higher line position first (its DSD op drains one
-            # fabric input, then the other: the authors' two-phase tree and prefill reduce); beta runs from the
-            # wavelet entering the ramp
+            # a core with two inputs drains the one from the higher line position first, then the other (one DSD
+            # op per fabric input: the authors' two-phase tree and prefill reduce). It pulls each from the router's
+            # queue as it drains it: a wavelet is in when it reaches the ramp (beta runs from there), not at its
+            # turn on the ramp's FIFO, where the stream the core is not draining yet would hold up the other
             src = fl.src_core[fl.msg[inn[m]]]
             pos = (lambda c: c % self.fab.cols) if b.axis == "x" else (lambda c: c // self.fab.cols)  # noqa: E731
             slot = ((rl.need[r] == 2) & (pos(src) < pos(core[m]))).astype(np.int64)
-            # the relay pulls its input from the router's queue as it drains it: a wavelet is in when it reaches
-            # the ramp (beta runs from there), not at its turn on the ramp's FIFO, where a stream the core is not
-            # draining yet would hold up the one it is
             par = fl.parent[inn[m]]
             hop = self.fab.spec.alpha_cycles_per_hop
             np.maximum.at(rl.in_head, (r, slot), d_head[par] + hop)
