@@ -20,7 +20,8 @@ from waferllm.machine.mesh import Array, Mesh, is_abstract, tile_bytes
 from waferllm.machine.ops import times as ops_times
 from waferllm.machine.rings import default_groups, ring_hops, ring_src
 from waferllm.machine.schedule import (Allreduce, Drain, Multicast, Opaque, OwnerChain, Reduce, Shift,
-                                       tree_root as _tree_root, tree_shape as _tree_shape)
+                                       tree_groups as _tree_groups, tree_root as _tree_root,
+                                       tree_shape as _tree_shape)
 
 AX = {"y": 0, "x": 1}
 
@@ -39,9 +40,14 @@ def chain_cycles(mesh: Mesh, n_elems: int, elem_bytes: int, hops: float, stages:
     and the relay's add (a pipeline: fill, then one interval per further element)."""
     s = mesh.spec
     per_elem = max(elem_bytes / s.link_bytes_per_cycle, s.relay_cycles_per_element)
-    first = min(n_elems, max(1, int(s.link_bytes_per_cycle // elem_bytes))) if stages > 0 else 0
+    first = _first_wavelet_elems(mesh, n_elems, elem_bytes) if stages > 0 else 0
     return s.message_overhead_cycles + s.alpha_cycles_per_hop * hops + s.beta_cycles_per_relay * stages \
         + (n_elems - first) * per_elem
+
+
+def _first_wavelet_elems(mesh: Mesh, n_elems: int, elem_bytes: int) -> int:
+    """Elements in a stream's first wavelet (a relay stage's beta covers them)."""
+    return min(n_elems, max(1, int(mesh.spec.link_bytes_per_cycle // elem_bytes)))
 
 
 def record_cost(mesh: Mesh, rec) -> tuple[float, float, float]:
@@ -204,7 +210,7 @@ def _allreduce_cost(mesh: Mesh, algo: str, p: int, elems: int, eb: int, groups: 
         s2 = max(rg, G - 1 - rg)
         root = _tree_root(p, groups)
         h3 = max(root, p - 1 - root)  # multicast back along the line
-        cyc = _ktree_reduce_cycles(mesh, p, G, g, elems, eb) + transfer_cycles(mesh, elems * eb, h3)
+        cyc = _ktree_reduce_cycles(mesh, p, groups, elems, eb) + transfer_cycles(mesh, elems * eb, h3)
         return cyc, h1 + h2 + h3, h1 + s2
     if algo == "pipeline":
         cyc = chain_cycles(mesh, elems, eb, p - 1, p - 1) + transfer_cycles(mesh, elems * eb, p - 1)
@@ -218,11 +224,11 @@ def _allreduce_cost(mesh: Mesh, algo: str, p: int, elems: int, eb: int, groups: 
     raise ValueError(f"unknown allreduce algorithm {algo!r}; known: ktree, pipeline, ring")
 
 
-def _ktree_reduce_cycles(mesh: Mesh, p: int, G: int, g: int, elems: int, eb: int) -> float:
+def _ktree_reduce_cycles(mesh: Mesh, p: int, groups: int | None, elems: int, eb: int) -> float:
     """When the two-phase tree's sum is complete at its root: each group's chains meet at the group root, then
     the group roots' chains meet at the middle one; a root's partial joins a passing stream once it is ready."""
-    roots = [min(j * g + g // 2, p - 1) for j in range(G)]
-    ends = [(j * g, min((j + 1) * g, p) - 1) for j in range(G)]
+    roots, ends = _tree_groups(p, groups)
+    G = len(roots)
     done = [_meet(mesh, elems, eb, _arrival(mesh, [0.0] * (r - a), [1] * (r - a)),
                   _arrival(mesh, [0.0] * (b - r), [1] * (b - r)), 0.0) for (a, b), r in zip(ends, roots)]
     rg = G // 2
@@ -251,7 +257,7 @@ def _meet(mesh: Mesh, elems: int, eb: int, left: float | None, right: float | No
     fabric meanwhile, then passes at the relay's rate."""
     s = mesh.spec
     per_elem = max(eb / s.link_bytes_per_cycle, s.relay_cycles_per_element)
-    rest = (elems - min(elems, max(1, int(s.link_bytes_per_cycle // eb)))) * per_elem
+    rest = (elems - _first_wavelet_elems(mesh, elems, eb)) * per_elem
     if right is None and left is None:
         return own
     first, second = (right, left) if right is not None else (left, None)

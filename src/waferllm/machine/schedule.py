@@ -250,6 +250,12 @@ def tree_root(p: int, groups: int | None) -> int:
     return (G // 2) * g + g // 2
 
 
+def tree_groups(p: int, groups: int | None) -> tuple[list[int], list[tuple[int, int]]]:
+    """(root, (first, last) core) of every group of the two-phase tree over p cores."""
+    G, g = tree_shape(p, groups)
+    return [min(j * g + g // 2, p - 1) for j in range(G)], [(j * g, min((j + 1) * g, p) - 1) for j in range(G)]
+
+
 def ktree_local(p: int, groups: int | None, *, root: int | None = None) -> Iterator[list[tuple]]:
     """Stages of the two-phase K=2 tree on a line of p cores: chains inside every group meet at its root
     (g // 2), group roots chain to the middle group's root over pass-through routes, then a multicast back
@@ -258,8 +264,7 @@ def ktree_local(p: int, groups: int | None, *, root: int | None = None) -> Itera
     if p == 1:
         return
     G, g = tree_shape(p, groups)
-    roots = [min(j * g + g // 2, p - 1) for j in range(G)]
-    ends = [(j * g, min((j + 1) * g, p) - 1) for j in range(G)]
+    roots, ends = tree_groups(p, groups)
     phase1 = max(g // 2, g - 1 - g // 2)
     st: dict[int, list[tuple]] = {}
     for (a, b), r in zip(ends, roots):  # phase 1: both chains of every group toward its root (relay 0)
