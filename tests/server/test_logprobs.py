@@ -89,6 +89,6 @@ def test_logprobs_are_charged_on_the_lm_head(server):
         return r.json()["waferllm"]
 
     plain, with_lp = ask(), ask(logprobs=5)
-    extra = server["scheduler"].head.ledger(5).time_s
+    extra = server["scheduler"].batch.head.ledger(5).time_s
     assert with_lp["predicted_ttft_s"] == pytest.approx(plain["predicted_ttft_s"] + extra, rel=1e-9)
     assert with_lp["predicted_tpot_s"] == pytest.approx(plain["predicted_tpot_s"] + extra, rel=1e-9)

@@ -67,7 +67,6 @@ class Scheduler:
         slots = batch_slots(engine, max_batch, max_tokens)
         self.batch = LogitsBatch(engine, max_batch, slots) if channel is None else \
             LeaderBatch(engine, max_batch, slots, channel)
-        self.head = self.batch.head
         self.idle_s = None if channel is None else IDLE_S
         self.waiting: collections.deque[Request] = collections.deque()
         self.running: dict = {}  # Seq -> Request
@@ -120,10 +119,14 @@ class Scheduler:
             with self.cv:
                 while not self._stop and not self.waiting and not self.running:
                     if not self.cv.wait(self.idle_s) and self.idle_s is not None:
-                        self.batch.idle()  # the followers' collective returns, and they wait again
+                        break  # idle for idle_s: tell the followers, outside the lock
+                idle = not (self._stop or self.waiting or self.running)
                 if self._stop:
                     self.batch.close()
                     return
+            if idle:  # a collective: submit() must not wait on it
+                self.batch.idle()  # the followers' collective returns, and they wait again
+                continue
             try:
                 self._tick()
             except Exception as e:  # a failure fails the running requests, never the worker
@@ -187,7 +190,7 @@ class Scheduler:
         if req.logprobs is None:
             return None
         lp = self.batch.logprob(seq, token_id, req.logprobs)
-        led = self.head.ledger(req.logprobs)
+        led = self.batch.head.ledger(req.logprobs)
         self.engine.ledger.merge(led)
         t = seq.timing
         if t.decode_s:
