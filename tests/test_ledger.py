@@ -109,3 +109,25 @@ def test_full_wafer_kernels_cost_fast(wse2):
         run(mesh)
         assert time.perf_counter() - t0 < 5.0
         assert mesh.ledger.cycles > 0
+
+
+def test_decode_softmax_pays_software_calls_per_row_not_per_cached_token():
+    """The authors' decode normalises with one reciprocal per score row and computes exp as vector passes
+    (fast_exp): the software-call share of the attention phase does not grow with the context."""
+    from waferllm.engine import cost
+    from waferllm.engine.decode import DecodeProgram
+    from waferllm.engine.placement import plan_decode
+    from waferllm.model.registry import get_config
+    from waferllm.spec import get_device
+
+    cfg, base = get_config("smollm2-135m"), get_device("wse2")
+
+    def attention(special: float, tokens: int) -> float:
+        spec = base.replace(special_function_cycles=special)
+        prog = DecodeProgram(cfg=cfg, plan=plan_decode(cfg, spec, (30, 30), "float16"), spec=spec)
+        return cost.layer_ledger(prog, [tokens], tokens // 30 + 2, [0]).cycles_of("attention")
+
+    short, long = (attention(300.0, n) - attention(100.0, n) for n in (120, 1200))
+    assert short > 0  # the per-row reciprocal is charged
+    assert long == pytest.approx(short)  # ... once per row, whatever the context
+    assert attention(100.0, 1200) > attention(100.0, 120)  # while exp and the products grow with it

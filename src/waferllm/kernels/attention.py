@@ -23,6 +23,8 @@ from waferllm.machine.rings import ring_pos
 F32 = jnp.float32
 
 
+EXP_PASSES = 4  # vector passes per exp (subtract the max, then the authors' fast_exp: x/256 + 1, squared twice)
+
 def decode_attention(mesh: Mesh, q_x, k, v, valid, head_mask, *, scale: float, segment: int, tokens_per_row: int):
     """softmax(q K^T * scale) V per sequence and head; tokens_per_row = the busiest core's cached tokens
     summed over the batch (it sizes the charged work: the sequence axis b is folded into t)."""
@@ -39,10 +41,14 @@ def decode_attention(mesh: Mesh, q_x, k, v, valid, head_mask, *, scale: float, s
         live = ops.free(lambda v: jnp.transpose(v, (1, 0, 2))[:, None, :, None, None, :], valid)  # [R, 1, B, 1, 1, T]
         s = ops.map(mesh, "YXbsrt", lambda s, ok: jnp.where(ok, s * scale, -jnp.inf), s, live, live=rows)
         m = noc.allreduce(mesh, ops.reduce(mesh, "YXbsrt", s, "t", "max", live=rows), "y", op="max")  # [R, C, B, S, r]
+        # exp as the authors' decode computes it: a short polynomial of vector passes (their fast_exp is
+        # (1 + x/256)^4 after subtracting the max: 4 passes), not a software divide/sqrt-class call
         e = ops.map(mesh, "YXbsrt", lambda s, m, ok: jnp.where(ok, jnp.exp(s - m[..., None]), 0.0), s, m, live,
-                    special=1, live=rows)
+                    ops=EXP_PASSES, live=rows)
         z = noc.allreduce(mesh, ops.reduce(mesh, "YXbsrt", e, "t", live=rows), "y")
-        p = ops.map(mesh, "YXbsrt", lambda e, z: e / z[..., None], e, z, special=1, live=rows)  # reciprocal-multiply
+        # one reciprocal per score row, then a multiply pass (the authors' decode: 1/sum once, then @fmulh)
+        inv = ops.map(mesh, "YXbsr", lambda z: 1.0 / z, z, special=1)
+        p = ops.map(mesh, "YXbsrt", lambda e, i: e * i[..., None], e, inv, live=rows)
     with mesh.phase("pv"):
         o = ops.einsum(mesh, "YXbsrt,bYtXd->YXbsrd", p, v, live=work, compute_dtype=F32)
         o = ops.free(lambda o, m: jnp.einsum("ycbsrd,cds->ycbrd", o, m), o, head_mask)  # each dim's own head
@@ -119,7 +125,7 @@ def prefill_attention(mesh: Mesh, q, k, v, head_mask, qtok, *, scale: float, seg
             z = ops.map(mesh, lay, lambda s, ok: jnp.where(ok, s * scale, NEG), sc, ok, ops=2, live=live)
             m = noc.allreduce(mesh, ops.reduce(mesh, lay, z, "k", "max", live=live), "x", segment=seg, op="max")
             e = ops.map(mesh, lay, lambda z, m, ok: jnp.where(ok, jnp.exp(z - m[..., None]), 0.0), z, m, ok,
-                        special=1, live=live)
+                        ops=EXP_PASSES, live=live)
             tot = noc.allreduce(mesh, ops.reduce(mesh, lay, e, "k", live=live), "x", segment=seg)
             p = ops.map(mesh, lay, lambda e, t: e / jnp.where(t > 0, t, 1.0)[..., None], e, tot, live=live)
 

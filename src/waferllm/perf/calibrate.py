@@ -152,9 +152,9 @@ def llama_targets() -> list[Target]:
 # discrete: each of FP16_OPTIONS is fitted, the better kept.
 FIT_FIELDS = ("alpha_cycles_per_hop", "beta_cycles_per_relay", "relay_cycles_per_element",
               "collective_overhead_cycles", "vector_op_overhead_cycles", "step_overhead_cycles",
-              "message_overhead_cycles")
-LOWER = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-UPPER = (4.0, 50.0, 10.0, 3000.0, 60.0, 2000.0, 500.0)
+              "message_overhead_cycles", "special_function_cycles")
+LOWER = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+UPPER = (4.0, 50.0, 10.0, 3000.0, 60.0, 2000.0, 500.0, 200.0)
 FP16_OPTIONS = (2.0, 4.0)
 PENALTY = 5.0
 MARGIN = 0.01  # bounds are met with 1% to spare, so rounding the fitted values keeps them
