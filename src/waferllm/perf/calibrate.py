@@ -158,6 +158,8 @@ UPPER = (4.0, 50.0, 10.0, 3000.0, 60.0, 2000.0, 500.0, 200.0)
 FP16_OPTIONS = (2.0, 4.0)
 PENALTY = 5.0
 MARGIN = 0.01  # bounds are met with 1% to spare, so rounding the fitted values keeps them
+FIT_TOL = 1e-3  # stop when a step changes the cost or the constants by under 0.1%: the presets keep 3-4 digits,
+# and scipy's default (1e-8) spent most of an hour on 2 cores moving them in the fourth digit
 
 
 def _violation(t: Target, spec: DeviceSpec) -> float:
@@ -225,7 +227,8 @@ def fit_joint(spec: DeviceSpec, progress: Callable[[], None] | None = None,
 
     fits = []
     for fp16 in fp16_options:
-        res = least_squares(lambda p: resid(fp16, p), _x0(spec), bounds=(LOWER, UPPER), diff_step=0.02, max_nfev=80)
+        res = least_squares(lambda p: resid(fp16, p), _x0(spec), bounds=(LOWER, UPPER), diff_step=0.02, max_nfev=80,
+                            ftol=FIT_TOL, xtol=FIT_TOL)
         fits.append((float(res.cost), fp16, res))
     _, fp16, res = min(fits, key=lambda f: f[0])
     fitted = _apply(spec, fp16, [round(float(v), 3) for v in res.x])
