@@ -39,10 +39,15 @@ def chain_cycles(mesh: Mesh, n_elems: int, elem_bytes: int, hops: float, stages:
     latency beta covers its first wavelet (parse, add, re-send); the rest stream behind at the slower of the link
     and the relay's add (a pipeline: fill, then one interval per further element)."""
     s = mesh.spec
-    per_elem = max(elem_bytes / s.link_bytes_per_cycle, s.relay_cycles_per_element)
+    per_elem = _relay_interval(mesh, elem_bytes)
     first = _first_wavelet_elems(mesh, n_elems, elem_bytes) if stages > 0 else 0
     return s.message_overhead_cycles + s.alpha_cycles_per_hop * hops + s.beta_cycles_per_relay * stages \
         + (n_elems - first) * per_elem
+
+
+def _relay_interval(mesh: Mesh, elem_bytes: int) -> float:
+    """Cycles per element through a relay stage: the link's rate or the relay's add, whichever is slower."""
+    return max(elem_bytes / mesh.spec.link_bytes_per_cycle, mesh.spec.relay_cycles_per_element)
 
 
 def _first_wavelet_elems(mesh: Mesh, n_elems: int, elem_bytes: int) -> int:
@@ -256,7 +261,7 @@ def _meet(mesh: Mesh, elems: int, eb: int, left: float | None, right: float | No
     DSD op per input, as the authors' two-phase tree does): the right one first; the left stream waits in the
     fabric meanwhile, then passes at the relay's rate."""
     s = mesh.spec
-    per_elem = max(eb / s.link_bytes_per_cycle, s.relay_cycles_per_element)
+    per_elem = _relay_interval(mesh, eb)
     rest = (elems - _first_wavelet_elems(mesh, elems, eb)) * per_elem
     if right is None and left is None:
         return own
