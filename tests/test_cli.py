@@ -23,6 +23,18 @@ def test_bench_gemv_table(capsys):
     assert "meshgemv" in out and "ring" in out
 
 
+def test_bench_groups_sets_the_meshgemv_k_tree(capsys):
+    argv = ["bench", "gemv", "--grid", "512x512", "--shape", "16384x16384", "--json"]
+    assert main(argv) == 0
+    default = {r["algo"]: r for r in json.loads(capsys.readouterr().out)}
+    assert main(argv + ["--groups", "29"]) == 0
+    tuned = {r["algo"]: r for r in json.loads(capsys.readouterr().out)}
+    assert default["meshgemv"]["groups"] is None and tuned["meshgemv"]["groups"] == 29
+    assert tuned["meshgemv"]["cycles"] != default["meshgemv"]["cycles"]  # 512 cores: the authors' 32 groups or 29
+    for a in ("pipeline", "ring"):  # no groups: unchanged
+        assert tuned[a]["cycles"] == default[a]["cycles"] and tuned[a]["groups"] is None
+
+
 def test_bench_json_keys(capsys):
     assert main(["bench", "gemm", "--grid", "360x360", "--shape", "2048x2048x2048", "--algo", "all", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
@@ -78,6 +90,11 @@ def test_presets_equal_the_calibration_fit(wse2):
     (["bench", "gemv", "--set", "sram=1"], "unknown device field 'sram'"),
     (["bench", "conv"], "invalid choice"),
     (["bench", "gemv", "--grid", "4x4", "--shape", "4096x4096"], "out of SRAM"),
+    (["bench", "gemm", "--groups", "3"], "--groups applies to `waferllm bench gemv`"),
+    (["bench", "gemv", "--algo", "ring", "--groups", "3"], "--groups applies to `waferllm bench gemv`"),
+    (["bench", "gemv", "--grid", "8x8", "--groups", "9"], "--groups 9 is not a group count for a line of 8 cores"),
+    (["bench", "gemv", "--groups", "3", "--plot", "x.png"], "--groups fixes one K-tree group count"),
+    (["bench", "serve", "--groups", "3"], "--groups does not apply to `waferllm bench serve`"),
 ])
 def test_bad_input_is_one_line_exit_2(argv, msg):
     res = subprocess.run([sys.executable, "-m", "waferllm.cli", *argv], capture_output=True, text=True)

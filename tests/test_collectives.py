@@ -49,6 +49,7 @@ def test_ktree_beats_pipeline_and_ring_on_long_lines(wse2):
 
 def test_default_groups():
     assert default_groups(720) == 24 and default_groups(360) == 18  # the artifact's configs
+    assert default_groups(512) == 32 and default_groups(480) == 20  # every grid it has a config for
     assert default_groups(100) == 10 and default_groups(1) == 1
 
 

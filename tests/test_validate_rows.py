@@ -137,3 +137,20 @@ def test_validation_scatter_plots_every_numeric_row(val, tmp_path, monkeypatch):
     numeric = [r for r in val["rows"] if not isinstance(r["published"], str)]
     assert drawn == {"scatter": len(numeric), "ratio": len(numeric)}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gemv_figures_take_the_fastest_grid_and_k_tree_groups():
+    """Table 6 names neither grid nor group count: the figure is the fastest MeshGEMV over both, found by brute
+    force here, and it is never slower than the engine's default groups at the same grids."""
+    from waferllm.perf.calibrate import GEMV_GRIDS, best_gemv, gemv_group_counts
+    from waferllm.perf.kernel_bench import run_kernel
+    from waferllm.spec import get_device
+
+    spec = get_device("wse2")
+    t, side, groups = best_gemv(spec, 16384)
+    time = lambda p, g: run_kernel(spec, "gemv", "meshgemv", (p, p), (16384, 16384), limits=False,  # noqa: E731
+                                   groups=g).time_s
+    assert t == time(side, groups) and groups in gemv_group_counts(side)
+    assert all(time(p, g) >= t for p in GEMV_GRIDS[::2] for g in gemv_group_counts(p))
+    assert t <= min(time(p, None) for p in GEMV_GRIDS)
+    assert list(gemv_group_counts(512)) == list(range(12, 46))  # sqrt(512) = 22.6; the authors chose 32

@@ -19,6 +19,9 @@ def add_parser(sub) -> None:
     p.add_argument("--shape", default=None, help="gemv: KxN (x[K] @ W[K,N]); gemm: MxKxN")
     p.add_argument("--algo", default="all", help="gemv: meshgemv|pipeline|ring|all; gemm: meshgemm|summa|cannon|all")
     p.add_argument("--dtype", default="float16", help="float16 | bfloat16 | float32")
+    p.add_argument("--groups", type=int, default=None,
+                   help="gemv meshgemv: the K-tree's group count (default: the authors' for the grid, else "
+                        "round(sqrt(side))); the other algorithms have no groups")
     p.add_argument("--json", action="store_true", help="print a JSON array, one object per algorithm")
     p.add_argument("--plot", metavar="PNG", help="also plot latency against grid side for each algorithm")
     p.add_argument("--fabric", choices=["analytic", "events"], default="analytic",
@@ -35,7 +38,8 @@ def add_parser(sub) -> None:
 
 
 # flags only one mode reads: given to the other they would be silently ignored
-KERNEL_ONLY = ("--device", "--set", "--no-limits", "--grid", "--shape", "--algo", "--dtype", "--plot", "--fabric")
+KERNEL_ONLY = ("--device", "--set", "--no-limits", "--grid", "--shape", "--algo", "--dtype", "--plot", "--fabric",
+               "--groups")
 SERVE_ONLY = ("--base-url", "--model", "--num-prompts", "--request-rate", "--max-tokens", "--seed")
 
 
@@ -55,6 +59,7 @@ def run(args) -> int:
     from waferllm.spec.device import check_dtype
 
     check_dtype(args.dtype)
+    _check_groups(args, algos, grid)
     from waferllm.machine import Mesh
 
     Mesh(spec, *grid)  # validates the grid against the device before any work
@@ -71,11 +76,31 @@ def run(args) -> int:
             for r, u in zip(results, ups)]
     print(table(["algorithm", "grid", "shape", "cycles", "time", "compute %", "comm %", "compute eff",
                  "peak/core", "routes/core", f"speed-up vs {algos[0]}"], rows))
-    print(f"device {spec.name}, {args.dtype}, clock {spec.clock_hz / 1e9:.2f} GHz, cost model: {args.fabric}")
+    tree = f", meshgemv K-tree groups {args.groups}" if args.groups else ""
+    print(f"device {spec.name}, {args.dtype}, clock {spec.clock_hz / 1e9:.2f} GHz, cost model: {args.fabric}{tree}")
     for r in results:
         for e in r.excess:
             print(f"  over limit ({r.algo}): {e}")
     return 0
+
+
+def _check_groups(args, algos, grid) -> None:
+    """--groups names MeshGEMV's K-tree group count: an error anywhere it would be ignored or cannot apply."""
+    if args.groups is None:
+        return
+    if args.kernel != "gemv" or "meshgemv" not in algos:
+        raise ArgError("--groups applies to `waferllm bench gemv` with --algo meshgemv or all (the K-tree's group "
+                       "count); the other algorithms have none")
+    if args.plot:
+        raise ArgError("--groups fixes one K-tree group count, which --plot's sweep over grid sides cannot keep; "
+                       "give one or the other")
+    if not 1 <= args.groups <= grid[0]:  # MeshGEMV's allreduce runs along a column of grid[0] cores
+        raise ArgError(f"--groups {args.groups} is not a group count for a line of {grid[0]} cores; valid: 1 to "
+                       f"{grid[0]}")
+
+
+def _groups(args, algo):
+    return args.groups if algo == "meshgemv" else None
 
 
 def _results(args, spec, algos, grid, shape) -> list:
@@ -85,12 +110,14 @@ def _results(args, spec, algos, grid, shape) -> list:
     from waferllm.perf.fabric_check import check_grid, run_kernel_fabric
 
     if args.fabric == "analytic":
-        return [run_kernel(spec, args.kernel, a, grid, shape, args.dtype, limits=not args.no_limits) for a in algos]
+        return [run_kernel(spec, args.kernel, a, grid, shape, args.dtype, limits=not args.no_limits,
+                           groups=_groups(args, a)) for a in algos]
     check_grid(grid)
     with Progress(transient=True, disable=args.json) as prog:
         tasks = {a: prog.add_task(f"{a}: event-level fabric", total=None) for a in algos}
         return [run_kernel_fabric(spec, args.kernel, a, grid, shape, args.dtype, not args.no_limits, "events",
-                                  progress=lambda d, t, a=a: prog.update(tasks[a], completed=d, total=t))
+                                  progress=lambda d, t, a=a: prog.update(tasks[a], completed=d, total=t),
+                                  groups=_groups(args, a))
                 for a in algos]
 
 

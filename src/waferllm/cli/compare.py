@@ -133,13 +133,15 @@ def _gemv(args, spec, gpu) -> int:
     n = args.gemv
     if args.grid and args.grid.strip() != AUTO:
         grid = check_grid(spec, args.grid)
-    else:  # the grid the figure was fitted at: the fastest of calibrate.GEMV_GRIDS (Table 6 names none)
+        groups = None
+    else:  # the grid and K-tree groups the figure was fitted at: the fastest (Table 6 names neither)
         from waferllm.perf.calibrate import best_gemv
 
-        side = best_gemv(spec, n)[1]
+        _, side, groups = best_gemv(spec, n)
         grid = (side, side)
-    kr = run_kernel(spec, "gemv", "meshgemv", grid, (n, n), "float16", limits=False)
-    wafer = {"system": f"{spec.name} MeshGEMV {kr.grid}", "kind": "wafer", "time_s": kr.time_s,
+    kr = run_kernel(spec, "gemv", "meshgemv", grid, (n, n), "float16", limits=False, groups=groups)
+    tree = f", {groups} K-tree groups" if groups else ""
+    wafer = {"system": f"{spec.name} MeshGEMV {kr.grid}{tree}", "kind": "wafer", "time_s": kr.time_s,
              "power_w": spec.power_w, "power_source": spec.sources.get("power_w", ""), "note": "model"}
     rows = [wafer, {"system": f"1 x {gpu.name} GEMV", "kind": "gpu", "time_s": gpu_gemv_time(n, gpu),
                     "power_w": gpu.power_w, "power_source": gpu.sources["power_w"],
@@ -158,7 +160,7 @@ def _gemv(args, spec, gpu) -> int:
         r["energy_j"] = r["time_s"] * r["power_w"] if r["power_w"] else None
         r["energy_ratio"] = r["energy_j"] / (wafer["time_s"] * spec.power_w) if r["energy_j"] else None
     if args.json:
-        print(json_text({"gemv": n, "device": spec.name, "gpu": gpu.name, "grid": kr.grid, "rows": rows}))
+        print(json_text({"gemv": n, "device": spec.name, "gpu": gpu.name, "grid": kr.grid, "groups": groups, "rows": rows}))
         return 0
     print(f"GEMV [1,{n}] x [{n},{n}], fp16: speed-up and energy ratio are the row's time / energy over the wafer's")
     print(table(["system", "time", "speed-up", "energy J", "energy ratio", "power W", "note"],

@@ -50,8 +50,10 @@ def ring_hops(n: int, kind: str) -> int:
     return n - 1
 
 
-# Group counts the authors' decode configs use for the two-phase K-tree (P cores -> G groups).
-ARTIFACT_GROUPS = {240: 15, 360: 18, 420: 20, 540: 20, 660: 22, 720: 24}
+# Group counts the authors' decode configs use for the two-phase K-tree (P cores -> G groups): every
+# Decode/WSE-{2,3}/model_config/*.json of MeshInfra/WaferLLM (llama8B and qwen72B agree where both exist).
+ARTIFACT_GROUPS = {240: 15, 256: 16, 300: 15, 360: 18, 420: 20, 480: 20, 512: 32, 540: 20, 600: 24, 660: 22,
+                   720: 24}
 
 
 def default_groups(p: int) -> int:

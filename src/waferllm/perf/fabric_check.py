@@ -165,15 +165,15 @@ def check_grid(grid: tuple[int, int]) -> None:
 
 def run_kernel_fabric(spec: DeviceSpec, kernel: str, algo: str, grid: tuple[int, int], shape: tuple[int, ...],
                       dtype: str = "float16", limits: bool = True, fabric: str = "analytic",
-                      progress: Callable[[int, int], None] | None = None) -> KernelResult:
+                      progress: Callable[[int, int], None] | None = None, groups: int | None = None) -> KernelResult:
     """perf/kernel_bench.run_kernel with its cycles from the chosen cost model (the same program either way)."""
     if fabric not in FABRICS:
         raise FabricError(f"unknown fabric {fabric!r}; known: {', '.join(FABRICS)}")
     if fabric == "analytic":
-        return run_kernel(spec, kernel, algo, grid, shape, dtype, limits)
+        return run_kernel(spec, kernel, algo, grid, shape, dtype, limits, groups)
     check_grid(grid)
     with capture() as got:
-        res = run_kernel(spec, kernel, algo, grid, shape, dtype, limits)
+        res = run_kernel(spec, kernel, algo, grid, shape, dtype, limits, groups)
     ev = simulate(spec, got[0], progress=progress)
     eff = res.compute_efficiency * res.cycles / ev.cycles if ev.cycles else 0.0
     return dataclasses.replace(res, cycles=ev.cycles, time_s=ev.time_s, comm_cycles=ev.cycles - res.compute_cycles,

@@ -67,6 +67,7 @@ class KernelResult:
     hops: float
     stages: float
     excess: tuple[str, ...] = ()
+    groups: int | None = None  # MeshGEMV's K-tree group count when one was given
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -75,15 +76,18 @@ class KernelResult:
 
 
 def run_kernel(spec: DeviceSpec, kernel: str, algo: str, grid: tuple[int, int], shape: tuple[int, ...],
-               dtype: str = "float16", limits: bool = True) -> KernelResult:
-    """Cost one kernel shape-only on an R x C grid of `spec`."""
+               dtype: str = "float16", limits: bool = True, groups: int | None = None) -> KernelResult:
+    """Cost one kernel shape-only on an R x C grid of `spec`; groups: MeshGEMV's K-tree group count (None: the
+    artifact's for the line's length, else round(sqrt))."""
     check_dtype(dtype)
+    if groups is not None and (kernel, algo) != ("gemv", "meshgemv"):
+        raise ValueError(f"a K-tree group count applies to gemv meshgemv only, not {kernel} {algo}")
     dt = np.dtype(dtype) if dtype != "bfloat16" else jax.numpy.bfloat16
     mesh = Mesh(spec, *grid, limits=limits)
     S = lambda *s: jax.ShapeDtypeStruct(s, dt)  # noqa: E731
     if kernel == "gemv":
         K, N = shape
-        gemv(mesh, S(K), S(K, N), algo)
+        gemv(mesh, S(K), S(K, N), algo, groups=groups)
         macs = K * N
     else:
         M, K, N = shape
@@ -96,7 +100,7 @@ def run_kernel(spec: DeviceSpec, kernel: str, algo: str, grid: tuple[int, int], 
         dtype=dtype, cycles=led.cycles, time_s=led.time_s, compute_cycles=led.compute_cycles,
         comm_cycles=led.comm_cycles, compute_efficiency=ideal / led.cycles if led.cycles else 0.0,
         peak_core_bytes=led.peak_core_bytes, routes_per_core=led.routes_per_core, hops=led.hops,
-        stages=led.stages, excess=tuple(led.excess))
+        stages=led.stages, excess=tuple(led.excess), groups=groups)
 
 
 def sweep_sides(max_side: int) -> list[int]:
