@@ -72,6 +72,19 @@ def test_presets_equal_the_calibration_fit(wse2):
     for t in [t for t in kernel_targets() if t.check == "within10"] + llama_targets() + e2e_targets():  # fitted
         assert t.predict(fitted) == pytest.approx(t.predict(wse2), rel=0.01), t.id
     assert report["joint"]["cost_by_fp16"]["4.0"] < report["joint"]["cost_by_fp16"]["2.0"]
+    assert all(abs(v) <= 10 for v in report["joint"]["residual_pct"].values()), report["joint"]["residual_pct"]
+
+
+def test_fit_penalises_a_figure_only_outside_its_band():
+    """The joint fit's band term: zero within +-10% less the 1% margin, growing in log ratio outside it."""
+    import math
+
+    from waferllm.perf.calibrate import _outside_band
+
+    assert _outside_band(1.0) == 0 and _outside_band(1.085) == 0 and _outside_band(0.912) == 0
+    assert _outside_band(1.105) == pytest.approx(math.log(1.105 / (1.1 * 0.99)))
+    assert _outside_band(0.85) == pytest.approx(math.log(0.9 * 1.01 / 0.85))
+    assert _outside_band(1.2) > _outside_band(1.1) > 0
 
 
 @pytest.mark.parametrize("argv, msg", [

@@ -157,8 +157,8 @@ def llama_targets() -> list[Target]:
 
 # --- the joint fit ----------------------------------------------------------------------------------
 # Latency and overhead constants, fitted together to every "within 10%" WaferLLM figure of Tables 2-4 and 6
-# (log errors), with the kernel claims (MeshGEMM's >= 0.70 efficiency floor, the speed-up ratios) as
-# penalties. beta is fitted as alpha + extra (a relay is never cheaper than a hop). fp16 MACs per cycle is
+# (log errors), with the kernel claims (MeshGEMM's >= 0.70 efficiency floor, the speed-up ratios) and each
+# figure's 10% band as penalties. beta is fitted as alpha + extra (a relay is never cheaper than a hop). fp16 MACs per cycle is
 # discrete: each of FP16_OPTIONS is fitted, the better kept.
 FIT_FIELDS = ("alpha_cycles_per_hop", "beta_cycles_per_relay", "relay_cycles_per_element",
               "collective_overhead_cycles", "vector_op_overhead_cycles", "step_overhead_cycles",
@@ -168,6 +168,8 @@ UPPER = (4.0, 50.0, 10.0, 3000.0, 60.0, 2000.0, 500.0, 200.0)
 FP16_OPTIONS = (2.0, 4.0)
 PENALTY = 5.0
 MARGIN = 0.01  # bounds are met with 1% to spare, so rounding the fitted values keeps them
+BAND = 0.10  # a "within10" figure's target: least squares alone would trade one figure out of it for a smaller
+# total (it did: gemv_16k at +10.5%), so a figure outside the band, less MARGIN, also pays the penalty
 FIT_TOL = 1e-3  # stop when a step changes the cost or the constants by under 0.1%: the presets keep 3-4 digits,
 # and scipy's default (1e-8) spent most of an hour on 2 cores moving them in the fourth digit
 
@@ -178,6 +180,12 @@ def _violation(t: Target, spec: DeviceSpec) -> float:
     if t.check.startswith(">="):
         return max(0.0, math.log(float(t.check[2:]) * (1 + MARGIN) / pred))
     return max(0.0, math.log(pred / (float(t.check[1:]) * (1 - MARGIN))))
+
+
+def _outside_band(ratio: float) -> float:
+    """How far (log ratio) predicted / published lies outside +-BAND, less MARGIN; 0 inside."""
+    x = math.log(ratio)
+    return max(0.0, x - math.log((1 + BAND) * (1 - MARGIN)), math.log((1 - BAND) * (1 + MARGIN)) - x)
 
 
 def _apply(spec: DeviceSpec, fp16: float, p) -> DeviceSpec:
@@ -218,7 +226,8 @@ def e2e_targets() -> list[Target]:
 def fit_joint(spec: DeviceSpec, progress: Callable[[], None] | None = None,
               fp16_options: tuple[float, ...] = FP16_OPTIONS) -> tuple[DeviceSpec, dict]:
     """Fit FIT_FIELDS (and pick fp16 MACs/cycle) to the GEMV, Llama3-8B and short-output end-to-end figures of
-    calibration.json."""
+    calibration.json: least squares in log error, plus penalties for a kernel bound missed or a figure outside
+    its 10% band."""
     from waferllm.engine import handoff
 
     # the 128-token-output rows pin how prefill grows with the prompt; the long-output rows are decode-dominated
@@ -232,8 +241,9 @@ def fit_joint(spec: DeviceSpec, progress: Callable[[], None] | None = None,
         s = _apply(spec, fp16, p)
         if progress:
             progress()
-        r = [math.log(t.predict(s) / float(t.published)) for t in targets]
-        return r + [PENALTY * _violation(t, s) for t in bounds]
+        ratios = [t.predict(s) / float(t.published) for t in targets]
+        return ([math.log(q) for q in ratios] + [PENALTY * _outside_band(q) for q in ratios]
+                + [PENALTY * _violation(t, s) for t in bounds])
 
     fits = []
     for fp16 in fp16_options:
