@@ -124,10 +124,16 @@ def prefill_attention(mesh: Mesh, q, k, v, head_mask, qtok, *, scale: float, seg
             live = {"k": kept}
             z = ops.map(mesh, lay, lambda s, ok: jnp.where(ok, s * scale, NEG), sc, ok, ops=2, live=live)
             m = noc.allreduce(mesh, ops.reduce(mesh, lay, z, "k", "max", live=live), "x", segment=seg, op="max")
+            # exp charged as the decode's vector passes. The authors' prefill calls math_lib.exp_f16 per score,
+            # but over one 4K-wide head: 1/32 of a 32-head layer's scores. A call per score here would add 2-3%
+            # to a 4K Llama3-8B prefill that their measurement does not contain (docs/cost-model.md)
             e = ops.map(mesh, lay, lambda z, m, ok: jnp.where(ok, jnp.exp(z - m[..., None]), 0.0), z, m, ok,
                         ops=EXP_PASSES, live=live)
             tot = noc.allreduce(mesh, ops.reduce(mesh, lay, e, "k", live=live), "x", segment=seg)
-            p = ops.map(mesh, lay, lambda e, t: e / jnp.where(t > 0, t, 1.0)[..., None], e, tot, live=live)
+            # one reciprocal per score row, then a multiply pass, as the decode (and the authors' prefill:
+            # 1 / local_sum per row, then @fmulh)
+            inv = ops.map(mesh, "YXsrm", lambda t: 1.0 / jnp.where(t > 0, t, 1.0), tot, special=1)
+            p = ops.map(mesh, lay, lambda e, i: e * i[..., None], e, inv, live=live)
 
         def pv_step(t, carry):
             acc, vt = carry
