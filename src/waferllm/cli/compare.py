@@ -160,7 +160,8 @@ def _gemv(args, spec, gpu) -> int:
         r["energy_j"] = r["time_s"] * r["power_w"] if r["power_w"] else None
         r["energy_ratio"] = r["energy_j"] / (wafer["time_s"] * spec.power_w) if r["energy_j"] else None
     if args.json:
-        print(json_text({"gemv": n, "device": spec.name, "gpu": gpu.name, "grid": kr.grid, "groups": groups, "rows": rows}))
+        print(json_text({"gemv": n, "device": spec.name, "gpu": gpu.name, "grid": kr.grid, "groups": groups,
+                         "rows": rows}))
         return 0
     print(f"GEMV [1,{n}] x [{n},{n}], fp16: speed-up and energy ratio are the row's time / energy over the wafer's")
     print(table(["system", "time", "speed-up", "energy J", "energy ratio", "power W", "note"],

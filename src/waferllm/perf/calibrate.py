@@ -107,8 +107,9 @@ def kernel_targets() -> list[Target]:
     t = []
     for fid, n in (("gemv_16k", 16384), ("gemv_32k", 32768)):
         f = figure(fid)
-        t.append(Target(id=fid, what=f["what"] + " (fastest grid 360..720 and K-tree group count)", published=f["value"], unit="s",
-                        check="within10", predict=lambda s, n=n: best_gemv(s, n)[0], table="Table 6 GEMV"))
+        t.append(Target(id=fid, what=f["what"] + " (fastest grid 360..720 and K-tree group count)",
+                        published=f["value"], unit="s", check="within10", predict=lambda s, n=n: best_gemv(s, n)[0],
+                        table="Table 6 GEMV"))
     for n in (2048, 8192, 16384):
         t.append(Target(id=f"meshgemv_vs_pipeline_{n // 1024}k", what=f"pipeline / MeshGEMV time, GEMV {n // 1024}K",
                         published=figure("meshgemv_vs_pipeline")["value"], unit="x", check=">=4",
@@ -158,8 +159,8 @@ def llama_targets() -> list[Target]:
 # --- the joint fit ----------------------------------------------------------------------------------
 # Latency and overhead constants, fitted together to every "within 10%" WaferLLM figure of Tables 2-4 and 6
 # (log errors), with the kernel claims (MeshGEMM's >= 0.70 efficiency floor, the speed-up ratios) and each
-# figure's 10% band as penalties. beta is fitted as alpha + extra (a relay is never cheaper than a hop). fp16 MACs per cycle is
-# discrete: each of FP16_OPTIONS is fitted, the better kept.
+# figure's 10% band as penalties. beta is fitted as alpha + extra (a relay is never cheaper than a hop). fp16
+# MACs per cycle is discrete: each of FP16_OPTIONS is fitted, the better kept.
 FIT_FIELDS = ("alpha_cycles_per_hop", "beta_cycles_per_relay", "relay_cycles_per_element",
               "collective_overhead_cycles", "vector_op_overhead_cycles", "step_overhead_cycles",
               "message_overhead_cycles", "special_function_cycles")
