@@ -103,7 +103,8 @@ KERNEL_CLAIMS = "kernel claims (s7.2-7.3)"
 
 
 def kernel_targets() -> list[Target]:
-    """The kernel-level figures of calibration.json, evaluated at WSE-2 720x720 in fp16."""
+    """The kernel-level figures of calibration.json on WSE-2 in fp16: the GEMV times at their fastest grid and
+    group count (best_gemv), the ratios and efficiencies at 720x720."""
     t = []
     for fid, n in (("gemv_16k", 16384), ("gemv_32k", 32768)):
         f = figure(fid)
