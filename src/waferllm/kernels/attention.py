@@ -25,6 +25,7 @@ F32 = jnp.float32
 
 EXP_PASSES = 4  # vector passes per exp (subtract the max, then the authors' fast_exp: x/256 + 1, squared twice)
 
+
 def decode_attention(mesh: Mesh, q_x, k, v, valid, head_mask, *, scale: float, segment: int, tokens_per_row: int):
     """softmax(q K^T * scale) V per sequence and head; tokens_per_row = the busiest core's cached tokens
     summed over the batch (it sizes the charged work: the sequence axis b is folded into t)."""

@@ -68,7 +68,7 @@ class Target:
                "target": self.check}
         if self.check == "within10":
             err = (pred - float(self.published)) / float(self.published)
-            row.update(rel_error=err, ok=abs(err) <= 0.10)
+            row.update(rel_error=err, ok=abs(err) <= BAND)
         elif self.check.startswith(">="):
             row.update(rel_error=None, ok=pred >= float(self.check[2:]))
         else:
