@@ -76,8 +76,8 @@ class DecodeProgram:
             kc, vc = kv.insert_kv(mesh, self.policy, kc, vc, k, v, n, p, moving=moving)
         with mesh.phase("attention"):
             valid = ops.free(lambda n, p: kv.valid_batch(self.policy, n + 1, p, mesh.rows, kc.shape[2]), n, p)
-            o = decode_attention(mesh, q, kc, vc, valid, jnp.asarray(h.head_mask()), scale=cfg.head_dim ** -0.5,
-                                 segment=h.segment, tokens_per_row=t_row)
+            o = decode_attention(mesh, q, kc, vc, valid, jnp.asarray(h.head_mask()), jnp.asarray(h.head_mask("v")),
+                                 scale=cfg.head_dim ** -0.5, segment=h.segment, tokens_per_row=t_row)
         with mesh.phase("o_proj"):
             o = gemv_x_to_y(mesh, ops.free(lambda o: o.reshape(B, -1, cb * rep), o), w["wo"])
             x = ops.map(mesh, "bYk", jnp.add, x, o)  # residual

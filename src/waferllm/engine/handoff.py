@@ -98,12 +98,14 @@ def _kv_index(dec: DecodeProgram, lay: PrefillLayout, shape, slots: int) -> np.n
     s = np.arange(slots)
     tok = np.where(s[None, :] < cnt[:, None], start[:, None] + s[None, :], -1)  # [R_d, slots]
     y, i = _src_rows(lay, np.maximum(tok, 0))
-    dim = p.heads.dim  # [C_d, cb] HF K/V index
-    x, j = _src_cols(lay, lay.kv_map, dim)
-    idx = ((y[:, :, None, None] * C + x[None, None]) * mb + i[:, :, None, None]) * w + j[None, None]
-    idx = np.where((tok >= 0)[:, :, None, None] & (dim >= 0)[None, None], idx, -1)  # [R_d, slots, C_d, cb]
+    per = []
+    for dim in (p.heads.dim, p.heads.dim_v):  # [C_d, cb] HF K (then V) index of each decode slot
+        x, j = _src_cols(lay, lay.kv_map, dim)
+        idx = ((y[:, :, None, None] * C + x[None, None]) * mb + i[:, :, None, None]) * w + j[None, None]
+        per.append(np.where((tok >= 0)[:, :, None, None] & (dim >= 0)[None, None], idx, -1))  # [R_d, slots, C_d, cb]
+    idx = np.stack(per)[:, None]  # [2, 1, R_d, slots, C_d, cb]
     layer = (np.arange(two)[:, None] * n_layers + np.arange(n_layers)[None, :]) * (R * C * mb * w)
-    return np.where(idx[None, None] >= 0, idx[None, None] + layer[:, :, None, None, None, None], -1)
+    return np.where(idx >= 0, idx + layer[:, :, None, None, None, None], -1)
 
 
 # --- costing ------------------------------------------------------------------------------------------

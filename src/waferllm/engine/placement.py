@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from waferllm import WaferError
 from waferllm.engine.grids import AutoGrids, Grid, GridArg, check_grid
 from waferllm.engine.heads import HeadLayout, head_layout
@@ -93,11 +95,13 @@ class DecodePlan:
 
 
 def layer_weight_elems(cfg: ModelConfig, rows: int, heads: HeadLayout, fb: int) -> int:
-    """Elements of one layer's weights on one core (padded tiles)."""
+    """Elements of one layer's weights on the busiest core: its own q/K/V columns (n_rep + 1 per K dim, 1 per
+    V dim), Wo rows (n_rep per V dim), bias, FFN tiles and norms; tiles padded to kb rows and fb columns."""
     kb = math.ceil(cfg.dim / rows)
-    qkv = heads.cb * (heads.n_rep + 2)
-    bias = qkv if cfg.qkv_bias else 0
-    return kb * qkv + bias + heads.cb * heads.n_rep * kb + kb * 2 * fb + fb * kb + 2 * kb
+    n_k, n_v = np.sum(heads.dim >= 0, axis=1), np.sum(heads.dim_v >= 0, axis=1)
+    qkv = (heads.n_rep + 1) * n_k + n_v  # [C] output columns of the QKV tile
+    attn = kb * qkv + (qkv if cfg.qkv_bias else 0) + heads.n_rep * n_v * kb
+    return int(np.max(attn)) + kb * 2 * fb + fb * kb + 2 * kb
 
 
 def score_bytes(heads: HeadLayout, eb: int) -> int:
@@ -233,7 +237,7 @@ def plan_decode(cfg: ModelConfig, spec: DeviceSpec, grid: GridArg, dtype: str,
     kb, fb = math.ceil(cfg.dim / rows), math.ceil(cfg.ffn_dim / cols)
     qkv = heads.cb * (heads.n_rep + 2)
     w_layer = eb * layer_weight_elems(cfg, rows, heads, fb)
-    s = _Sizes(sram=sram, weights=w_layer, kv=2 * heads.cb * eb, fixed=buffer_bytes(rows, kb, qkv, fb, heads, 0, eb),
+    s = _Sizes(sram=sram, weights=w_layer, kv=heads.kv_dims * eb, fixed=buffer_bytes(rows, kb, qkv, fb, heads, 0, eb),
                score=score_bytes(heads, eb))
     per_row_tokens = math.ceil(min_tokens / rows)
     need_one = w_layer + s.fixed + per_row_tokens * (s.kv + s.score)

@@ -47,17 +47,20 @@ def _split_rows(a: np.ndarray, rows: int, kb: int) -> np.ndarray:
     return _pad(a, (rows * kb,) + a.shape[1:]).reshape((rows, kb) + a.shape[1:])
 
 
+def _q_columns(cfg: ModelConfig, plan: DecodePlan, d: np.ndarray) -> np.ndarray:
+    """[C, cb * n_rep] HF query index of each (slot, rep) over the K/V dim slots d [C, cb] (-1 = padding)."""
+    g, dd, reps = d // cfg.head_dim, d % cfg.head_dim, np.arange(plan.heads.n_rep)
+    q = (g[:, :, None] * plan.heads.n_rep + reps) * cfg.head_dim + dd[:, :, None]  # [C, cb, n_rep]
+    return np.where(d[:, :, None] >= 0, q, -1).reshape(plan.cols, -1)
+
+
 def _qkv_columns(cfg: ModelConfig, plan: DecodePlan) -> np.ndarray:
-    """[C, qkv] index into concat(q, k, v) output columns for each slot (-1 = zero padding)."""
-    h = plan.heads
-    d = h.dim  # [C, cb] HF kv-dim index
-    g, dd = d // cfg.head_dim, d % cfg.head_dim
-    reps = np.arange(h.n_rep)
-    q = (g[:, :, None] * h.n_rep + reps) * cfg.head_dim + dd[:, :, None]  # [C, cb, n_rep]
-    q = np.where(d[:, :, None] >= 0, q, -1).reshape(plan.cols, -1)
+    """[C, qkv] index into concat(q, k, v) output columns for each slot (-1 = zero padding): q and K on K's dim
+    slots, V on its own (heads.dim_v)."""
+    d, dv = plan.heads.dim, plan.heads.dim_v  # [C, cb] HF kv-dim index
     k = np.where(d >= 0, cfg.q_dim + d, -1)
-    v = np.where(d >= 0, cfg.q_dim + cfg.kv_dim + d, -1)
-    return np.concatenate([q, k, v], axis=1)
+    v = np.where(dv >= 0, cfg.q_dim + cfg.kv_dim + dv, -1)
+    return np.concatenate([_q_columns(cfg, plan, d), k, v], axis=1)
 
 
 def layer_tiles(cfg: ModelConfig, plan: DecodePlan, lw: LayerWeights) -> dict[str, np.ndarray]:
@@ -70,7 +73,7 @@ def layer_tiles(cfg: ModelConfig, plan: DecodePlan, lw: LayerWeights) -> dict[st
            "wqkv": wqkv}
     if cfg.qkv_bias:
         out["bqkv"] = layout.take_padded(np.concatenate([lw.bq, lw.bk, lw.bv]), cols)  # [C, qkv]
-    qrows = cols[:, : plan.heads.cb * plan.heads.n_rep]  # [C, cb*n_rep] rows of wo
+    qrows = _q_columns(cfg, plan, plan.heads.dim_v)  # [C, cb*n_rep] rows of wo: the output o sits on V's slots
     wo = layout.take_padded(lw.wo.T, qrows)  # [D, C, cb*n_rep]
     out["wo"] = _split_rows(wo, R, kb).transpose(2, 3, 0, 1)  # [C, cb*n_rep, R, kb]
     f = np.arange(C * fb)

@@ -1,10 +1,10 @@
 """Attention on the mesh. Decode: over KV caches spread over the grid, sequence along Y, K/V dims along X.
 
 B sequences, each with its own slots on every core: q_x [B, C, cb, n_rep] (query heads sharing a KV head
-ride on that head's dim slots); K, V [B, R, T, C, cb]; valid [B, R, T] marks the slots that hold tokens
+ride on that head's K dim slots); K, V [B, R, T, C, cb]; valid [B, R, T] marks the slots that hold tokens
 (tokens move under the shift policy, the mask follows). Scores reduce per head along X (segmented when
 heads own whole columns), softmax reduces along Y (max, then sum), P.V reduces along Y: out o_x
-[B, C, cb, n_rep], laid out like q. One message per reduction carries every sequence's elements.
+[B, C, cb, n_rep], laid out like V. One message per reduction carries every sequence's elements.
 Prefill (prefill_attention): the same head grouping along X, K and V tiles rotating along Y.
 """
 
@@ -26,8 +26,10 @@ F32 = jnp.float32
 EXP_PASSES = 4  # vector passes per exp (subtract the max, then the authors' fast_exp: x/256 + 1, squared twice)
 
 
-def decode_attention(mesh: Mesh, q_x, k, v, valid, head_mask, *, scale: float, segment: int, tokens_per_row: int):
-    """softmax(q K^T * scale) V per sequence and head; tokens_per_row = the busiest core's cached tokens
+def decode_attention(mesh: Mesh, q_x, k, v, valid, head_mask, v_mask, *, scale: float, segment: int,
+                     tokens_per_row: int):
+    """softmax(q K^T * scale) V per sequence and head; head_mask, v_mask [C, cb, S]: the head slot of each K
+    and each V dim (V's dims need not sit where K's do); tokens_per_row = the busiest core's cached tokens
     summed over the batch (it sizes the charged work: the sequence axis b is folded into t)."""
     seg = segment if segment and segment < mesh.size("x") else None
     # head_mask [C, cb, S] is one-hot: each dim slot belongs to one of the core's S head slots, so the head
@@ -52,7 +54,7 @@ def decode_attention(mesh: Mesh, q_x, k, v, valid, head_mask, *, scale: float, s
         p = ops.map(mesh, "YXbsrt", lambda e, i: e * i[..., None], e, inv, live=rows)
     with mesh.phase("pv"):
         o = ops.einsum(mesh, "YXbsrt,bYtXd->YXbsrd", p, v, live=work, compute_dtype=F32)
-        o = ops.free(lambda o, m: jnp.einsum("ycbsrd,cds->ycbrd", o, m), o, head_mask)  # each dim's own head
+        o = ops.free(lambda o, m: jnp.einsum("ycbsrd,cds->ycbrd", o, m), o, v_mask)  # each V dim's own head
         o = noc.allreduce(mesh, o, "y")  # [R, C, B, r, cb]
     return ops.free(lambda o: jnp.transpose(o[0], (1, 0, 3, 2)), o)  # [B, C, cb, n_rep], replicated along Y
 
