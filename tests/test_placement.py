@@ -142,3 +142,33 @@ def test_regions_on_the_fabric(wse2, model, side):
     imgs += np.where(layers > 0, p.buffer_bytes, 0)
     assert imgs.max() == p.peak_core_bytes <= wse2.sram_bytes_per_core
     assert layers.max() == p.layers_per_region <= p.overlap * p.layers_per_stage
+
+
+@pytest.mark.parametrize("model, side", [("llama3-8b", 360), ("qwen2-72b", 420), ("llama2-13b", 375)])
+def test_pooled_free_sram_counted_core_by_core(wse2, model, side):
+    """kv_pooled_tokens (Table 5's whole-wafer accounting) is every placed core's SRAM less its tiles and buffers,
+    over what a token stores (its real K and V dims in every layer, one score element per row slot on each core
+    holding layers); counted here over the fabric, with the weights read off the tiles' index maps."""
+    import numpy as np
+
+    from waferllm.engine.placement import region_pieces
+    from waferllm.engine.tiles import _q_columns, _qkv_columns
+
+    cfg = get_config(model)
+    p = plan_decode(cfg, wse2, (side, side), "float16")
+    layers = np.zeros((p.wafers, wse2.height_cores, wse2.width_cores), np.int64)
+    lm = np.zeros_like(layers)
+    for g in range(p.layer_regions + p.lm_regions):
+        n = min(p.layers_per_stage, cfg.n_layers - g * p.layers_per_stage) if g < p.layer_regions else 0
+        for wafer, y, x, h, w in region_pieces(p, wse2, g):
+            (layers if n else lm)[wafer, y:y + h, x:x + w] += n if n else 1
+    qkv, wo = _qkv_columns(cfg, p) >= 0, _q_columns(cfg, p, p.heads.dim_v) >= 0
+    ffn = p.kb * 3 * p.fb + 2 * p.kb  # gate, up, down tiles and the two norms, on every core
+    region = side * (p.kb * (qkv.sum() + wo.sum()) + (qkv.sum() if cfg.qkv_bias else 0) + side * ffn) * 2
+    kv_cores = int((layers > 0).sum())
+    fixed = buffer_bytes(p.rows, p.kb, p.qkv_width, p.fb, p.heads, 0, 2)
+    free = (int(((layers + lm) > 0).sum()) * wse2.sram_bytes_per_core - cfg.n_layers * region
+            - int(lm.sum()) * p.lm_core_bytes - kv_cores * fixed)
+    per_token = cfg.n_layers * 2 * cfg.kv_dim * 2 + kv_cores * score_bytes(p.heads, 2) / side
+    assert p.kv_pooled_tokens == int(free // per_token)
+    assert p.kv_capacity_tokens()["shift"] <= p.kv_pooled_tokens

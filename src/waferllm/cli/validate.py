@@ -51,6 +51,8 @@ def run_validate(args) -> int:
     print(table(["table", "system", "on target", "median |error|", "worst error"], summ))
     for n in v["not_rows"]:
         print(f"not a row: {n['figure']}: {n['why']}")
+    for n in v["notes"]:
+        print(f"note: {n['figure']}: {n['note']}")
     print(f"{v['n_ok']}/{v['n_rows']} within target on {spec.name} ({v['dtype']}; WaferLLM kernels at 720x720, GEMV "
           "at its fastest grid, prefill/decode as the artifact measures (one layer x layers), e2e by predict() on "
           "the paper's 360x360 decode and 660x660 prefill grids; GPUs: perf/gpu.py). Exit 0 unless --strict "

@@ -61,6 +61,7 @@ class DecodePlan:
     tape_along: str = "y"  # the bands run along y (bands of C columns) or x (bands of R rows)
     stride_rows: int = 0  # cores along the tape between consecutive regions: the hand-over distance in hops
     overlap: int = 1  # regions covering the busiest core
+    kv_pooled_tokens: int = 0  # tokens the plan's free SRAM would hold, pooled over all its cores (see pooled_tokens)
     breakdown: dict = field(default_factory=dict)
 
     @property
@@ -94,14 +95,41 @@ class DecodePlan:
         return min(self.tape_rows * self.tape_width, (self.layer_regions + self.lm_regions) * self.rows * self.cols)
 
 
-def layer_weight_elems(cfg: ModelConfig, rows: int, heads: HeadLayout, fb: int) -> int:
-    """Elements of one layer's weights on the busiest core: its own q/K/V columns (n_rep + 1 per K dim, 1 per
-    V dim), Wo rows (n_rep per V dim), bias, FFN tiles and norms; tiles padded to kb rows and fb columns."""
+def layer_weight_cols(cfg: ModelConfig, rows: int, heads: HeadLayout, fb: int) -> np.ndarray:
+    """[C] elements of one layer's weights on a core of each column: its own q/K/V columns (n_rep + 1 per K dim,
+    1 per V dim), Wo rows (n_rep per V dim), bias, FFN tiles and norms; tiles padded to kb rows and fb columns."""
     kb = math.ceil(cfg.dim / rows)
     n_k, n_v = np.sum(heads.dim >= 0, axis=1), np.sum(heads.dim_v >= 0, axis=1)
-    qkv = (heads.n_rep + 1) * n_k + n_v  # [C] output columns of the QKV tile
+    qkv = (heads.n_rep + 1) * n_k + n_v  # output columns of the QKV tile
     attn = kb * qkv + (qkv if cfg.qkv_bias else 0) + heads.n_rep * n_v * kb
-    return int(np.max(attn)) + kb * 2 * fb + fb * kb + 2 * kb
+    return attn + kb * 2 * fb + fb * kb + 2 * kb
+
+
+def layer_weight_elems(cfg: ModelConfig, rows: int, heads: HeadLayout, fb: int) -> int:
+    """Elements of one layer's weights on the busiest core (layer_weight_cols' largest)."""
+    return int(np.max(layer_weight_cols(cfg, rows, heads, fb)))
+
+
+def pooled_tokens(cfg: ModelConfig, st: _Stack, s: _Sizes, rows: int, heads: HeadLayout, fb: int, eb: int) -> int:
+    """Tokens the free SRAM of every core under a region (weights, LM-head tiles and buffers taken out) would hold
+    if the cache could use each free byte: the paper's whole-wafer accounting of Table 5, with this plan's tiles.
+    A token costs each layer its K and V dims on one core row (no padding) and each core holding layers one
+    score element per row slot. The busiest core, not this pool, bounds what the shift cache really holds."""
+    cover = np.zeros((st.wafers, st.tape), np.int64), np.zeros((st.wafers, st.tape), np.int64)  # layers, LM tiles
+    sizes = [min(st.per_stage, cfg.n_layers - i) for i in range(0, cfg.n_layers, st.per_stage)] + [0] * st.lm
+    here = math.ceil(len(sizes) / st.wafers)
+    for g, n in enumerate(sizes):
+        w, j = divmod(g, here)
+        at = (j * st.stride + np.arange(st.span)) % st.tape
+        np.add.at(cover[0 if n else 1][w], at, n if n else 1)
+    layers, lm = cover
+    kv_cores = st.width * int(np.sum(layers > 0))
+    weights = cfg.n_layers * rows * eb * int(np.sum(layer_weight_cols(cfg, rows, heads, fb)))  # columns differ
+    free = (st.width * int(np.sum((layers + lm) > 0)) * s.sram - weights - st.width * int(np.sum(lm)) * st.lm_bytes
+            - kv_cores * s.fixed)
+    n_k, n_v = np.sum(heads.dim >= 0, axis=1), np.sum(heads.dim_v >= 0, axis=1)
+    per_token = cfg.n_layers * eb * int(np.sum(n_k + n_v)) + kv_cores * s.score / rows
+    return int(free // per_token)
 
 
 def score_bytes(heads: HeadLayout, eb: int) -> int:
@@ -257,7 +285,8 @@ def plan_decode(cfg: ModelConfig, spec: DeviceSpec, grid: GridArg, dtype: str,
                       kv_tokens_per_row=st.tokens, layer_weight_bytes=w_layer, kv_bytes_per_token=s.kv,
                       buffer_bytes=breakdown["buffers"], lm_core_bytes=st.lm_bytes, layers_per_stage=st.per_stage,
                       tape_rows=st.tape * st.wafers, tape_width=st.width, tape_along=st.along, stride_rows=st.stride,
-                      overlap=st.overlap, breakdown=breakdown)
+                      overlap=st.overlap, kv_pooled_tokens=pooled_tokens(cfg, st, s, rows, heads, fb, eb),
+                      breakdown=breakdown)
 
 
 def max_layers_per_core(cfg: ModelConfig, spec: DeviceSpec, grid: GridArg, dtype: str, *, min_tokens: int = 1) -> int:

@@ -58,6 +58,7 @@ class Prediction:
     tpot_s: float | None = None
     warnings: tuple[str, ...] = ()  # check_args: e.g. a length past the model's context (costed anyway)
     pipeline_stages: int = 0  # decode layer regions a token passes through (engine/placement.py)
+    kv_pooled_tokens: int = 0  # the decode plan's free SRAM pooled over its cores, in KV tokens (an upper bound)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -159,6 +160,7 @@ def predict(cfg: ModelConfig, spec: DeviceSpec, *, phase: str, grid: GridArg = "
                       routes_per_core=led.routes_per_core, kv_capacity_tokens=cap, wafers=wafers,
                       fits=wafers == 1 and tokens * batch <= cap[policy] and pre_fits,
                       layers_per_region=plan.layers_per_region, pipeline_stages=plan.layer_regions,
+                      kv_pooled_tokens=plan.kv_pooled_tokens,
                       utilization=utilization(cfg, spec, plan, pre, phase, led, tokens, input_len, batch),
                       ttft_s=ttft, tpot_s=tpot, warnings=tuple(warnings))
 
