@@ -146,9 +146,10 @@ def test_regions_on_the_fabric(wse2, model, side):
 
 @pytest.mark.parametrize("model, side", [("llama3-8b", 360), ("qwen2-72b", 420), ("llama2-13b", 375)])
 def test_pooled_free_sram_counted_core_by_core(wse2, model, side):
-    """kv_pooled_tokens (Table 5's whole-wafer accounting) is every placed core's SRAM less its tiles and buffers,
-    over what a token stores (its real K and V dims in every layer, one score element per row slot on each core
-    holding layers); counted here over the fabric, with the weights read off the tiles' index maps."""
+    """kv_pooled_tokens (Table 5's whole-wafer accounting) is the SRAM of every core of the plan's wafers less the
+    tiles and buffers placed there, over what a token stores (its real K and V dims in every layer, one score
+    element per row slot on each core holding layers); counted here over the fabric, the weights read off the
+    tiles' index maps."""
     import numpy as np
 
     from waferllm.engine.placement import region_pieces
@@ -167,7 +168,7 @@ def test_pooled_free_sram_counted_core_by_core(wse2, model, side):
     region = side * (p.kb * (qkv.sum() + wo.sum()) + (qkv.sum() if cfg.qkv_bias else 0) + side * ffn) * 2
     kv_cores = int((layers > 0).sum())
     fixed = buffer_bytes(p.rows, p.kb, p.qkv_width, p.fb, p.heads, 0, 2)
-    free = (int(((layers + lm) > 0).sum()) * wse2.sram_bytes_per_core - cfg.n_layers * region
+    free = (layers.size * wse2.sram_bytes_per_core - cfg.n_layers * region
             - int(lm.sum()) * p.lm_core_bytes - kv_cores * fixed)
     per_token = cfg.n_layers * 2 * cfg.kv_dim * 2 + kv_cores * score_bytes(p.heads, 2) / side
     assert p.kv_pooled_tokens == int(free // per_token)

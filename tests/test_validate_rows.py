@@ -154,3 +154,19 @@ def test_gemv_figures_take_the_fastest_grid_and_k_tree_groups():
     assert all(time(p, g) >= t for p in GEMV_GRIDS[::2] for g in gemv_group_counts(p))
     assert t <= min(time(p, None) for p in GEMV_GRIDS)
     assert list(gemv_group_counts(512)) == list(range(12, 46))  # sqrt(512) = 22.6; the authors chose 32
+
+
+def test_table_5_rows_are_the_pooled_accounting_and_the_note_the_placed_cache(val):
+    """Table 5's rows read the plan's whole-wafer pool (concat: one row's share); the note beside them gives what
+    the placed shift cache holds, which predict reports and generate enforces."""
+    from waferllm.engine.placement import plan_decode
+    from waferllm.model import get_config
+    from waferllm.spec import get_device
+
+    p = plan_decode(get_config("llama3-8b"), get_device("wse2"), (360, 360), "float16")
+    rows = {r["id"]: r["predicted"] for r in val["rows"] if r["table"] == "Table 5 KV capacity"}
+    assert rows == {"kv_capacity_llama3_8b_shift": p.kv_pooled_tokens,
+                    "kv_capacity_llama3_8b_concat": p.kv_pooled_tokens // 360}
+    note = next(n["note"] for n in val["notes"] if n["figure"] == "kv_capacity_llama3_8b")
+    assert f"{p.kv_capacity_tokens()['shift']:,} tokens" in note
+    assert p.kv_capacity_tokens()["shift"] < p.kv_pooled_tokens

@@ -114,8 +114,8 @@ def run(args) -> int:
     print(f"grid {pr.grid}" + (f", prefill grid {pr.prefill_grid}" if pr.prefill_grid else "") +
           f", at most {pr.layers_per_region} layer(s) a core, {pr.wafers} wafer(s); peak "
           f"{fmt_bytes(pr.peak_core_bytes)}/core, {pr.routes_per_core} routes/core; KV capacity shift "
-          f"{pr.kv_capacity_tokens['shift']:,} / concat {pr.kv_capacity_tokens['concat']:,} tokens (free SRAM "
-          f"pooled over the cores: {pr.kv_pooled_tokens:,})")
+          f"{pr.kv_capacity_tokens['shift']:,} / concat {pr.kv_capacity_tokens['concat']:,} tokens (the wafer's "
+          f"free SRAM as one pool, Table 5's accounting: {pr.kv_pooled_tokens:,})")
     rows = [[k, f"{v['cycles']:,.0f}", f"{100 * v['cycles'] / pr.cycles:.1f}%",
              f"{100 * v['compute_cycles'] / max(v['cycles'], 1e-9):.0f}%"] for k, v in list(pr.breakdown.items())[:15]]
     print(table(["phase", "cycles", "share", "compute"], rows))

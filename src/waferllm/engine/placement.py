@@ -61,7 +61,7 @@ class DecodePlan:
     tape_along: str = "y"  # the bands run along y (bands of C columns) or x (bands of R rows)
     stride_rows: int = 0  # cores along the tape between consecutive regions: the hand-over distance in hops
     overlap: int = 1  # regions covering the busiest core
-    kv_pooled_tokens: int = 0  # tokens the plan's free SRAM would hold, pooled over all its cores (see pooled_tokens)
+    kv_pooled_tokens: int = 0  # tokens the wafers' free SRAM would hold as one pool (Table 5's accounting)
     breakdown: dict = field(default_factory=dict)
 
     @property
@@ -110,11 +110,13 @@ def layer_weight_elems(cfg: ModelConfig, rows: int, heads: HeadLayout, fb: int) 
     return int(np.max(layer_weight_cols(cfg, rows, heads, fb)))
 
 
-def pooled_tokens(cfg: ModelConfig, st: _Stack, s: _Sizes, rows: int, heads: HeadLayout, fb: int, eb: int) -> int:
-    """Tokens the free SRAM of every core under a region (weights, LM-head tiles and buffers taken out) would hold
-    if the cache could use each free byte: the paper's whole-wafer accounting of Table 5, with this plan's tiles.
-    A token costs each layer its K and V dims on one core row (no padding) and each core holding layers one
-    score element per row slot. The busiest core, not this pool, bounds what the shift cache really holds."""
+def pooled_tokens(cfg: ModelConfig, st: _Stack, s: _Sizes, rows: int, heads: HeadLayout, fb: int, eb: int,
+                  wafer_cores: int) -> int:
+    """Tokens the free SRAM of the plan's wafers (wafer_cores each; weights, LM-head tiles and buffers taken
+    out) would hold if the cache could use every free byte: the paper's whole-wafer accounting of Table 5, with
+    this plan's tiles. A token costs each layer its K and V dims on one core row (no padding) and each core
+    holding layers one score element per row slot. The busiest core, not this pool, bounds what the shift
+    cache really holds (kv_capacity_tokens)."""
     cover = np.zeros((st.wafers, st.tape), np.int64), np.zeros((st.wafers, st.tape), np.int64)  # layers, LM tiles
     sizes = [min(st.per_stage, cfg.n_layers - i) for i in range(0, cfg.n_layers, st.per_stage)] + [0] * st.lm
     here = math.ceil(len(sizes) / st.wafers)
@@ -125,8 +127,7 @@ def pooled_tokens(cfg: ModelConfig, st: _Stack, s: _Sizes, rows: int, heads: Hea
     layers, lm = cover
     kv_cores = st.width * int(np.sum(layers > 0))
     weights = cfg.n_layers * rows * eb * int(np.sum(layer_weight_cols(cfg, rows, heads, fb)))  # columns differ
-    free = (st.width * int(np.sum((layers + lm) > 0)) * s.sram - weights - st.width * int(np.sum(lm)) * st.lm_bytes
-            - kv_cores * s.fixed)
+    free = st.wafers * wafer_cores * s.sram - weights - st.width * int(np.sum(lm)) * st.lm_bytes - kv_cores * s.fixed
     n_k, n_v = np.sum(heads.dim >= 0, axis=1), np.sum(heads.dim_v >= 0, axis=1)
     per_token = cfg.n_layers * eb * int(np.sum(n_k + n_v)) + kv_cores * s.score / rows
     return int(free // per_token)
@@ -279,14 +280,14 @@ def plan_decode(cfg: ModelConfig, spec: DeviceSpec, grid: GridArg, dtype: str,
                  "buffers": buffer_bytes(rows, kb, qkv, fb, heads, st.tokens, eb)}
     if lm_tiles:
         breakdown["lm_head"] = lm_tiles * st.lm_bytes
+    pooled = pooled_tokens(cfg, st, s, rows, heads, fb, eb, spec.height_cores * spec.width_cores)
     return DecodePlan(model=cfg.name, device=spec.name, dtype=dtype, rows=rows, cols=cols, heads=heads, kb=kb,
                       fb=fb, vb=st.vb, layers_per_region=st.deepest, layer_regions=st.stages, lm_regions=st.lm,
                       regions_per_wafer=math.ceil((st.stages + st.lm) / st.wafers), wafers=st.wafers,
                       kv_tokens_per_row=st.tokens, layer_weight_bytes=w_layer, kv_bytes_per_token=s.kv,
                       buffer_bytes=breakdown["buffers"], lm_core_bytes=st.lm_bytes, layers_per_stage=st.per_stage,
                       tape_rows=st.tape * st.wafers, tape_width=st.width, tape_along=st.along, stride_rows=st.stride,
-                      overlap=st.overlap, kv_pooled_tokens=pooled_tokens(cfg, st, s, rows, heads, fb, eb),
-                      breakdown=breakdown)
+                      overlap=st.overlap, kv_pooled_tokens=pooled, breakdown=breakdown)
 
 
 def max_layers_per_core(cfg: ModelConfig, spec: DeviceSpec, grid: GridArg, dtype: str, *, min_tokens: int = 1) -> int:

@@ -58,7 +58,7 @@ class Prediction:
     tpot_s: float | None = None
     warnings: tuple[str, ...] = ()  # check_args: e.g. a length past the model's context (costed anyway)
     pipeline_stages: int = 0  # decode layer regions a token passes through (engine/placement.py)
-    kv_pooled_tokens: int = 0  # the decode plan's free SRAM pooled over its cores, in KV tokens (an upper bound)
+    kv_pooled_tokens: int = 0  # the wafers' free SRAM as one pool, in KV tokens (Table 5's accounting; a bound)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
