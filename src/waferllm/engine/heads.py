@@ -54,9 +54,14 @@ class HeadLayout:
         return self.cols // self.n_kv if self.aligned else self.cols
 
     @property
+    def col_dims(self) -> tuple[np.ndarray, np.ndarray]:
+        """([C], [C]) the K dims and the V dims each column really holds (padding slots not counted)."""
+        return np.sum(self.dim >= 0, axis=1), np.sum(self.dim_v >= 0, axis=1)
+
+    @property
     def kv_dims(self) -> int:
         """K plus V dims held by the busiest column (what one KV slot of one layer stores there)."""
-        return int(np.max(np.sum(self.dim >= 0, axis=1) + np.sum(self.dim_v >= 0, axis=1)))
+        return int(np.max(sum(self.col_dims)))
 
     def head_mask(self, of: str = "k") -> np.ndarray:
         """[C, cb, slots] one-hot: which of the core's head slots each K (of="k") or V (of="v") dim belongs to."""

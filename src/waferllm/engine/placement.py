@@ -99,7 +99,7 @@ def layer_weight_cols(cfg: ModelConfig, rows: int, heads: HeadLayout, fb: int) -
     """[C] elements of one layer's weights on a core of each column: its own q/K/V columns (n_rep + 1 per K dim,
     1 per V dim), Wo rows (n_rep per V dim), bias, FFN tiles and norms; tiles padded to kb rows and fb columns."""
     kb = math.ceil(cfg.dim / rows)
-    n_k, n_v = np.sum(heads.dim >= 0, axis=1), np.sum(heads.dim_v >= 0, axis=1)
+    n_k, n_v = heads.col_dims
     qkv = (heads.n_rep + 1) * n_k + n_v  # output columns of the QKV tile
     attn = kb * qkv + (qkv if cfg.qkv_bias else 0) + heads.n_rep * n_v * kb
     return attn + kb * 2 * fb + fb * kb + 2 * kb
@@ -128,8 +128,7 @@ def pooled_tokens(cfg: ModelConfig, st: _Stack, s: _Sizes, rows: int, heads: Hea
     kv_cores = st.width * int(np.sum(layers > 0))
     weights = cfg.n_layers * rows * eb * int(np.sum(layer_weight_cols(cfg, rows, heads, fb)))  # columns differ
     free = st.wafers * wafer_cores * s.sram - weights - st.width * int(np.sum(lm)) * st.lm_bytes - kv_cores * s.fixed
-    n_k, n_v = np.sum(heads.dim >= 0, axis=1), np.sum(heads.dim_v >= 0, axis=1)
-    per_token = cfg.n_layers * eb * int(np.sum(n_k + n_v)) + kv_cores * s.score / rows
+    per_token = cfg.n_layers * eb * int(np.sum(sum(heads.col_dims))) + kv_cores * s.score / rows
     return int(free // per_token)
 
 

@@ -108,19 +108,22 @@ def e2e_targets() -> list[Target]:
     return out
 
 
-def _kv_capacity(spec: DeviceSpec, policy: str) -> float:
-    """Table 5's accounting: the wafer's free SRAM as one pool of KV tokens (concat: one core row's share)."""
+def _table5_plan(spec: DeviceSpec):
+    """The decode plan of Table 5's setting (the end-to-end runs' 360x360 decode grid)."""
     from waferllm.engine.placement import plan_decode
 
-    p = plan_decode(get_config(MODEL), spec, E2E_DECODE, DTYPE)
+    return plan_decode(get_config(MODEL), spec, E2E_DECODE, DTYPE)
+
+
+def _kv_capacity(spec: DeviceSpec, policy: str) -> float:
+    """Table 5's accounting: the wafer's free SRAM as one pool of KV tokens (concat: one core row's share)."""
+    p = _table5_plan(spec)
     return float(p.kv_pooled_tokens if policy == "shift" else p.kv_pooled_tokens // p.rows)
 
 
 def kv_notes(spec: DeviceSpec) -> list[dict]:
     """Beside Table 5's rows: what the placed shift cache holds (its busiest core bounds every row)."""
-    from waferllm.engine.placement import plan_decode
-
-    p = plan_decode(get_config(MODEL), spec, E2E_DECODE, DTYPE)
+    p = _table5_plan(spec)
     pub, cap = figure("kv_capacity_llama3_8b")["value"]["shift"], p.kv_capacity_tokens()
     return [{"figure": "kv_capacity_llama3_8b",
              "note": f"Table 5's rows count the wafer's free SRAM as one pool, as the paper does; the placed shift "
